@@ -1,0 +1,50 @@
+"""The `mnistlab` command line: one module per command group, each exposing ``register``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from mnistlab import __version__
+from mnistlab.errors import MnistlabError
+
+# Each module defines `register(subparsers)`, which adds its commands and sets `func` on them.
+COMMAND_MODULES = [
+    "mnistlab.cli.data",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, with every command group registered."""
+    parser = argparse.ArgumentParser(
+        prog="mnistlab",
+        description="MNIST-style handwritten digit recognition: data, training, recipes, serving.",
+    )
+    parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except MnistlabError as error:
+        print(f"mnistlab: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mnistlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
