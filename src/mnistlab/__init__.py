@@ -1,4 +1,4 @@
-"""mnistlab: MNIST-style handwritten digit recognition, from first principles to a fast classifier."""
+"""mnistlab: MNIST-style handwritten digit recognition, from first principles to fast."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ class MnistlabError(Exception):
 
 
 class DataFormatError(MnistlabError, ValueError):
-    """A data file (IDX, CSV, gzip) is malformed; the message names the file, position and problem."""
+    """A data file (IDX, CSV, gzip) is malformed; the message names file, position and problem."""
 
 
 class DatasetNotFoundError(MnistlabError, FileNotFoundError):
