@@ -255,7 +255,10 @@ def import_weights(path: str | os.PathLike[str], dtype: str = "float32") -> Sequ
     weights = load_legacy_weights(path)
     units = [LEGACY_SHAPES[f"W{i}"][1] for i in (1, 2, 3)]
     layers = [Dense(n, activation=a) for n, a in zip(units, _ACTIVATIONS, strict=True)]
-    model = Sequential(layers, input_shape=(784,), dtype=dtype, preprocess="unit")
+    model = Sequential(
+        layers, input_shape=(784,), dtype=dtype, preprocess={"scale": "unit"}, name="textbook"
+    )
+    model.build()
     model.set_weights(
         {f"{i}.{p}": weights[f"{p}{i + 1}"].astype(dtype) for i in range(3) for p in ("W", "b")}
     )
