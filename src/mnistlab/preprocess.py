@@ -1,0 +1,625 @@
+"""Turn any image a person gives into a 28x28 MNIST-like digit: white ink on black, uint8.
+
+A model trained on MNIST only recognizes inputs prepared the way MNIST was: each digit
+was size-normalized so its longer side fills a 20x20 box (aspect ratio kept, anti-aliased),
+then shifted by whole pixels so its center of mass sits at (14, 14) of a 28x28 frame.
+Canvas drawings, scans and phone photos look nothing like that, so this module redoes
+that pipeline for them:
+
+1. decode safely: file size and pixel count are checked before pixels are decoded;
+   EXIF rotation is applied;
+2. flatten transparency sensibly and convert to grayscale at a bounded working size;
+3. decide which way the ink runs (dark on light or light on dark), subtract a smooth
+   background estimate (uneven light), suppress the noise floor and stretch contrast
+   so ink is 1.0 and paper is 0.0;
+4. drop specks (small connected components) and crop to the ink's bounding box;
+5. thicken very thin strokes (pen on a big photo), scale the longer side to 20 px and
+   place the digit by its center of mass in the 28x28 frame.
+
+The pipeline expects one digit on a plain background; a photo showing the table around
+the paper, or several digits, gives a poor crop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+
+from mnistlab.errors import ImageError
+
+__all__ = [
+    "BOX_SIZE",
+    "FRAME_SIZE",
+    "MAX_FILE_BYTES",
+    "MAX_PIXELS",
+    "WORK_MAX_SIDE",
+    "decode_image",
+    "load_image",
+    "preprocess_file",
+    "preprocess_image",
+]
+
+MAX_FILE_BYTES = 20 * 1024 * 1024
+"""Largest image file accepted (20 MiB); bigger files are refused before being read."""
+
+MAX_PIXELS = 40_000_000
+"""Largest image accepted (40 megapixels), checked from the header before decoding."""
+
+WORK_MAX_SIDE = 1024
+"""Images are reduced so their longer side is at most this before analysis (speed, noise)."""
+
+FRAME_SIZE = 28
+"""Side of the output frame, as in MNIST."""
+
+BOX_SIZE = 20
+"""The digit's longer side is scaled to this many pixels, as in MNIST."""
+
+_BG_GRID = 8  # blocks along the longer side for the background estimate ...
+_BG_MIN_CELL = 16.0  # ... each at least this many pixels wide
+_EVEN_BORDER = 0.08  # border brightness spread (20th to 80th percentile) of an even background
+_MIN_PAPER = 0.2  # paper darker than this is not divided by (noise would blow up)
+_NOISE_SIGMAS = 4.0  # ink must stand this many local noise sigmas above the paper
+_MIN_CONTRAST = 0.05  # weaker "ink" than this (of full scale) counts as a blank image
+_MIN_SNR = 7.0  # ... and so does ink weaker than this many noise sigmas
+_SPECK_FRACTION = 0.03  # components lighter than this share of the largest are specks
+_MIN_STROKE_PX = 1.0  # strokes thinner than this in the 20 px box get thickened ...
+_TARGET_STROKE_PX = 2.2  # ... to about this width (MNIST's median is about 2.4)
+_THICKEN_SCALE = 4  # thickening happens at this multiple of the final resolution
+
+
+def load_image(path: str | os.PathLike[str], *, max_side: int | None = None) -> Image.Image:
+    """Open and decode an image file, refusing anything too big, broken or not an image.
+
+    Limits are checked before the pixels are decoded: the file size against
+    ``MAX_FILE_BYTES`` and the header's width x height against ``MAX_PIXELS``, so a
+    decompression bomb costs nothing. ``max_side`` lets JPEG decode at a reduced scale
+    (never below ``max_side`` on either side). EXIF orientation is applied, so phone
+    photos come out upright. Raises ``ImageError`` naming the file and the problem.
+    """
+    p = Path(path)
+    return decode_image(_read_limited(p), name=str(p), max_side=max_side)
+
+
+def decode_image(data: bytes, *, name: str = "image", max_side: int | None = None) -> Image.Image:
+    """Decode image file bytes (an upload, a file's content) with the same limits as
+    ``load_image``; ``name`` labels error messages."""
+    if not data:
+        raise ImageError(f"{name}: no data, expected an image file")
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageError(f"{name}: larger than the limit of {MAX_FILE_BYTES // 2**20} MiB")
+    try:
+        with warnings.catch_warnings():
+            # Our own limit is lower than Pillow's warning threshold; we raise below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{name}: image is too large ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{name}: not a readable image (unrecognized file format)") from exc
+    except Exception as exc:  # Pillow's format sniffers raise many types on garbage
+        raise ImageError(f"{name}: not a readable image ({_reason(exc)})") from exc
+
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise ImageError(
+            f"{name}: image is {width}x{height} = {width * height:,} pixels, "
+            f"more than the limit of {MAX_PIXELS:,}"
+        )
+    if width < 1 or height < 1:
+        raise ImageError(f"{name}: image has no pixels ({width}x{height})")
+    if max_side is not None and img.format == "JPEG":
+        img.draft(img.mode, (max_side, max_side))
+    try:
+        img.load()
+    except Exception as exc:  # truncated/corrupt data: OSError, SyntaxError, ValueError, ...
+        raise ImageError(f"{name}: image data is corrupt or truncated ({_reason(exc)})") from exc
+    with contextlib.suppress(Exception):  # a broken EXIF block must not lose a good image
+        img = ImageOps.exif_transpose(img)
+    return img
+
+
+def preprocess_file(path: str | os.PathLike[str]) -> np.ndarray:
+    """Load an image file and turn it into a (28, 28) uint8 MNIST-like digit."""
+    img = load_image(path, max_side=WORK_MAX_SIDE)
+    return preprocess_image(img, name=str(path))
+
+
+def preprocess_image(image: Image.Image | np.ndarray, *, name: str = "image") -> np.ndarray:
+    """Turn a digit image into a (28, 28) uint8 array shaped like an MNIST digit.
+
+    ``image`` is a Pillow image of any mode, or an array: (H, W) grayscale, (H, W, 3)
+    RGB or (H, W, 4) RGBA; uint8 0..255, bool, or float 0..1. Dark-on-light and
+    light-on-dark both work; transparent pixels count as background. An input that is
+    already MNIST-like comes back nearly unchanged. ``name`` labels error messages.
+    Raises ``ImageError`` when the image is too large or holds no ink.
+    """
+    img = _as_pil(image, name)
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise ImageError(
+            f"{name}: image is {width}x{height} pixels, more than the limit of {MAX_PIXELS:,}"
+        )
+    if width < 1 or height < 1:
+        raise ImageError(f"{name}: image has no pixels ({width}x{height})")
+    gray = _to_gray(img, name)  # (H, W) float32 in [0, 1] at working size
+    ink = _ink_map(gray, name)  # (H, W) float32, ink 1.0, background 0.0
+    kept = _drop_specks(ink >= 0.5, ink)
+    if not kept.any():
+        raise ImageError(f"{name}: no ink found (the image looks blank)")
+    radius = max(2, round(max(ink.shape) / 200))
+    ink = np.where(_dilate(kept, radius), ink, 0.0).astype(np.float32)
+    top, bottom, left, right = _bbox(ink > 0)
+    patch = ink[top:bottom, left:right]
+    stroke = _stroke_width(kept[top:bottom, left:right])
+    digit = _fit_box(patch, stroke)
+    return _center_in_frame(digit)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def _read_limited(p: Path) -> bytes:
+    """Read a regular file of at most MAX_FILE_BYTES (no FIFOs or devices: they can hang)."""
+    try:
+        if not p.is_file():
+            what = "no such file" if not p.exists() else "not a regular file"
+            raise ImageError(f"{p}: {what}")
+        if p.stat().st_size > MAX_FILE_BYTES:
+            raise ImageError(f"{p}: file is larger than the limit of {MAX_FILE_BYTES // 2**20} MiB")
+        with p.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ImageError(f"{p}: cannot read file ({_reason(exc)})") from exc
+    if not data:
+        raise ImageError(f"{p}: file is empty")
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageError(f"{p}: file is larger than the limit of {MAX_FILE_BYTES // 2**20} MiB")
+    return data
+
+
+def _reason(exc: BaseException) -> str:
+    """A short human reason for an exception from a decoder."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _as_pil(image: Image.Image | np.ndarray, name: str) -> Image.Image:
+    """Accept a Pillow image or a numpy array; arrays become L, RGB, RGBA or F images."""
+    if isinstance(image, Image.Image):
+        return image
+    if not isinstance(image, np.ndarray):
+        raise ImageError(f"{name}: expected a PIL image or numpy array, got {type(image).__name__}")
+    arr = image
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise ImageError(
+            f"{name}: expected an (H, W), (H, W, 3) or (H, W, 4) array, got {arr.shape}"
+        )
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ImageError(f"{name}: image has no pixels ({arr.shape})")
+    if arr.shape[0] * arr.shape[1] > MAX_PIXELS:
+        raise ImageError(f"{name}: image has more than {MAX_PIXELS:,} pixels")
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype != np.uint8:
+        if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+            raise ImageError(f"{name}: unsupported array dtype {arr.dtype}")
+        values = arr.astype(np.float64)
+        if not np.isfinite(values).all():
+            raise ImageError(f"{name}: array contains NaN or infinite values")
+        if np.issubdtype(arr.dtype, np.floating) and values.max(initial=0.0) <= 1.0:
+            values = values * 255.0
+        arr = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    mode = {2: "L", 3: "RGB", 4: "RGBA"}[arr.shape[2] if arr.ndim == 3 else 2]
+    return Image.fromarray(np.ascontiguousarray(arr), mode=mode)
+
+
+def _to_gray(img: Image.Image, name: str) -> np.ndarray:
+    """Grayscale float32 in [0, 1] at working size, transparency flattened.
+
+    Transparent pixels are background. When most of the image is transparent (a canvas
+    drawing), the opaque pixels are the strokes and the fill is chosen to contrast with
+    them, so dark strokes and white strokes on a transparent canvas both work. When
+    most is opaque (a photo with a transparent margin), the fill matches the opaque
+    part's median, i.e. the paper.
+    """
+    try:
+        img = _normalize_mode(img)
+        if max(img.size) > WORK_MAX_SIDE:
+            scale = WORK_MAX_SIDE / max(img.size)
+            size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+            img = img.resize(size, Image.Resampling.BOX)
+        if img.mode == "F":
+            return np.asarray(img, dtype=np.float32)
+        alpha = None
+        if img.mode in ("RGBA", "LA"):
+            alpha = np.asarray(img.getchannel("A"), dtype=np.float32) / 255.0
+            img = img.convert("RGB") if img.mode == "RGBA" else img.getchannel("L")
+        gray = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    except ImageError:
+        raise
+    except Exception as exc:  # exotic modes Pillow cannot convert
+        raise ImageError(f"{name}: unsupported image ({_reason(exc)})") from exc
+    if alpha is not None and alpha.min() < 0.999:
+        coverage = float(alpha.mean())
+        if coverage <= 0.0:
+            raise ImageError(f"{name}: no ink found (the image is fully transparent)")
+        if coverage < 0.5:
+            stroke_level = float((alpha * gray).sum() / alpha.sum())
+            fill = 0.0 if stroke_level > 0.5 else 1.0
+        else:
+            fill = float(np.median(gray[alpha > 0.5])) if (alpha > 0.5).any() else 1.0
+        gray = alpha * gray + (1.0 - alpha) * fill
+    return gray.astype(np.float32)
+
+
+def _normalize_mode(img: Image.Image) -> Image.Image:
+    """Reduce Pillow's many modes to L, LA, RGB, RGBA or F (high bit depth scaled to 0..1)."""
+    mode = img.mode
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+        lo = min(0.0, float(arr.min()))
+        top = float(arr.max())
+        if mode == "F" and top <= 1.0:
+            hi = 1.0
+        elif top <= 255.0:
+            hi = 255.0
+        elif top <= 65535.0:
+            hi = 65535.0
+        else:
+            hi = top
+        scaled = np.clip((arr - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+        return Image.fromarray(scaled.astype(np.float32), mode="F")
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    if has_alpha:
+        return img.convert("LA") if mode in ("LA", "La", "L") else img.convert("RGBA")
+    if mode in ("L", "RGB"):
+        return img
+    if mode == "1":
+        return img.convert("L")
+    return img.convert("RGB")
+
+
+# ---------------------------------------------------------------------------- ink map
+
+
+def _ink_map(gray: np.ndarray, name: str) -> np.ndarray:
+    """Ink strength in [0, 1] with the background at 0, whichever way the ink runs.
+
+    On an even background (a plain border) the background is one level. Otherwise the
+    polarity comes from a two-sided fit, and the background is a smooth surface fitted
+    to block percentiles (the 25th under bright ink, the 75th under dark ink, so ink
+    covering much of a block does not count as paper); subtracting it removes a gradient
+    of light across a photo. Dark ink is measured relative to the paper's brightness,
+    which cancels uneven light. The noise level is then measured per block, and only ink
+    standing out of the local noise is kept, so the grain of a dim corner does not turn
+    into specks of "ink".
+    """
+    ring = _border_ring(gray)
+    ring_median = float(np.median(ring))
+    # A plain border (a canvas, a scan, a clean crop) means an even background: one level
+    # serves, and no surface fit can be fooled by a digit that fills most of the image.
+    even = float(np.percentile(ring, 80) - np.percentile(ring, 20)) < _EVEN_BORDER
+
+    def surface(q: float, ink_sign: float) -> np.ndarray:
+        if even:
+            return np.full(gray.shape, ring_median, dtype=np.float32)
+        return _background(gray, q, ink_sign)
+
+    # Which way does the ink run? Against a two-sided fit through block medians, the
+    # ink is the side with the stronger excursions.
+    paper = surface(50, 0.0)
+    peak_light, peak_dark = _peak(gray - paper), _peak(paper - gray)
+    tie = abs(peak_dark - peak_light) < 0.02
+    invert = ring_median > 0.5 if tie else peak_dark > peak_light
+    if invert:
+        # Paper reflects a share of the light that falls on it and ink a smaller share,
+        # so dark ink's darkening relative to the paper is the same in bright and dim light.
+        under = surface(75, -1.0)
+        residual = (under - gray) / np.maximum(under, _MIN_PAPER)
+    else:
+        residual = gray - surface(25, +1.0)
+    level, sigma = _paper_noise(residual, even)
+    if min(residual.shape) >= 200 and float(np.median(sigma)) > 0.01:
+        residual = _box3(residual)  # grainy photo: average out noise, strokes are wide here
+        level, sigma = _paper_noise(residual, even)
+    excess = residual - level
+    contrast = _peak(excess)
+    snr = _peak(excess / np.maximum(sigma, 1.0 / 255.0))
+    if contrast < _MIN_CONTRAST or snr < _MIN_SNR:
+        raise ImageError(
+            f"{name}: no ink found (the image looks blank: contrast {contrast:.3f}, "
+            f"signal-to-noise {snr:.1f})"
+        )
+    ink = np.clip(excess - _NOISE_SIGMAS * sigma, 0.0, None)
+    threshold = _otsu(ink)
+    core = ink[ink > threshold]
+    hi = float(np.percentile(core, 98)) if core.size else float(ink.max())
+    hi = hi if hi > 0.0 else float(ink.max())
+    return np.clip(ink / max(hi, 1e-6), 0.0, 1.0).astype(np.float32)
+
+
+def _paper_noise(residual: np.ndarray, even: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Maps (or scalars, on an even background) of the paper's level and noise sigma.
+
+    On an even background the border ring is paper: its median and MAD serve. Otherwise
+    each block's lower tail is used: ink only raises values, so the 10th and 25th
+    percentiles of a block are paper unless ink covers most of it; for Gaussian noise
+    they sit 1.28 and 0.67 sigma below the mean.
+    """
+    if even:
+        ring = _border_ring(residual)
+        median = float(np.median(ring))
+        mad = 1.4826 * float(np.median(np.abs(ring - median)))
+        return np.full(residual.shape, median), np.full(residual.shape, mad)
+    grids, _, _ = _block_percentiles(residual, (10, 25))
+    sigma = np.maximum(grids[1] - grids[0], 0.0) / (1.2816 - 0.6745)
+    level = grids[1] + 0.6745 * sigma
+    # A block mostly filled by a stroke reads as bright, noisy "paper"; its neighbours
+    # know better, and paper brightness and grain change slowly.
+    level, sigma = _neighbourhood_min(level), _neighbourhood_min(sigma)
+    return _upsample(level, residual.shape), _upsample(sigma, residual.shape)
+
+
+def _neighbourhood_min(grid: np.ndarray) -> np.ndarray:
+    """Minimum over each cell's 3x3 neighbourhood of a small grid."""
+    padded = np.pad(grid, 1, mode="edge")
+    h, w = grid.shape
+    return np.min([padded[i : i + h, j : j + w] for i in range(3) for j in range(3)], axis=0)
+
+
+def _box3(arr: np.ndarray) -> np.ndarray:
+    """3x3 mean filter (edges replicated)."""
+    padded = np.pad(arr, 1, mode="edge")
+    h, w = arr.shape
+    total = sum(padded[i : i + h, j : j + w] for i in range(3) for j in range(3))
+    return (total / 9.0).astype(np.float32)
+
+
+def _upsample(grid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear upsampling of a block grid to the image size."""
+    if grid.size == 1:
+        return np.full(shape, grid.flat[0], dtype=np.float32)
+    img = Image.fromarray(grid.astype(np.float32), mode="F")
+    return np.asarray(img.resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
+
+
+def _background(gray: np.ndarray, q: float, ink_sign: float) -> np.ndarray:
+    """A smooth surface through the ``q``-th percentiles of a coarse grid of blocks.
+
+    ``ink_sign`` is +1 when ink is brighter than the paper, -1 when darker, 0 when
+    unknown. Blocks whose value sticks out toward the ink side of the fit (a stroke
+    filling the block; either side when unknown) are dropped and the fit repeated.
+    Lighting in photos (a gradient, vignetting) is smooth, so a low-degree polynomial
+    models it, extrapolates sanely to the image edges, and cannot follow the strokes.
+    """
+    grids, ys, xs = _block_percentiles(gray, (q,))
+    grid = grids[0]
+    values = grid.ravel().astype(np.float64)
+    if min(grid.shape) < 3:  # too few blocks for a surface: one level for the whole image
+        level = {1.0: values.min(), -1.0: values.max()}.get(ink_sign, np.median(values))
+        return np.full(gray.shape, level, dtype=np.float32)
+    degree = {3: 1, 4: 1, 5: 2}.get(min(grid.shape), 3)  # keep blocks >> coefficients
+    powers = [(i, j) for i in range(degree + 1) for j in range(degree + 1 - i)]
+    gy, gx = np.meshgrid(ys, xs, indexing="ij")
+    design = np.stack([gy.ravel() ** i * gx.ravel() ** j for i, j in powers], axis=1)
+    # Start from a plane through all blocks, drop the quarter lying most toward the ink,
+    # then refit at full degree, dropping blocks that stick out toward the ink.
+    plane = design[:, [k for k, (i, j) in enumerate(powers) if i + j <= 1]]
+    toward_ink = _toward(values - plane @ np.linalg.lstsq(plane, values, rcond=None)[0], ink_sign)
+    keep = toward_ink <= np.percentile(toward_ink, 75)
+    coef = np.zeros(len(powers))
+    for _ in range(5):
+        coef = np.linalg.lstsq(design[keep], values[keep], rcond=None)[0]
+        toward_ink = _toward(values - design @ coef, ink_sign)
+        spread = max(1.4826 * float(np.median(np.abs(toward_ink[keep]))), 0.01)
+        new_keep = toward_ink < 2.5 * spread
+        if (new_keep == keep).all() or new_keep.sum() < len(powers) + 2:
+            break
+        keep = new_keep
+    h, w = gray.shape
+    py = (np.arange(h) + 0.5) / h * 2 - 1
+    px = (np.arange(w) + 0.5) / w * 2 - 1
+    surface = np.zeros((h, w), dtype=np.float64)
+    for c, (i, j) in zip(coef, powers, strict=True):
+        surface += c * np.outer(py**i, px**j)
+    return np.clip(surface, 0.0, 1.0).astype(np.float32)
+
+
+def _toward(deviation: np.ndarray, ink_sign: float) -> np.ndarray:
+    """How far each deviation from the fit points toward the ink (both ways when unknown)."""
+    return np.abs(deviation) if ink_sign == 0 else deviation * ink_sign
+
+
+def _block_percentiles(
+    arr: np.ndarray, qs: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Percentiles ``qs`` of each cell of a coarse grid: (len(qs), rows, cols), and the
+    cell centers along y and x scaled to [-1, 1]."""
+    h, w = arr.shape
+    cell = max(max(h, w) / _BG_GRID, _BG_MIN_CELL)
+    rows = np.linspace(0, h, max(1, round(h / cell)) + 1).astype(int)
+    cols = np.linspace(0, w, max(1, round(w / cell)) + 1).astype(int)
+    grids = np.empty((len(qs), len(rows) - 1, len(cols) - 1), dtype=np.float32)
+    for i in range(len(rows) - 1):
+        for j in range(len(cols) - 1):
+            block = arr[rows[i] : rows[i + 1], cols[j] : cols[j + 1]]
+            grids[:, i, j] = np.percentile(block, qs)
+    ys = (rows[:-1] + rows[1:]) / h - 1.0  # center / h * 2 - 1
+    xs = (cols[:-1] + cols[1:]) / w - 1.0
+    return grids, ys, xs
+
+
+def _peak(residual: np.ndarray) -> float:
+    """Strongest 2x2-averaged residual: a 1 px line keeps half its contrast, lone noise less."""
+    r = residual
+    if min(r.shape) >= 2:
+        r = (r[:-1, :-1] + r[1:, :-1] + r[:-1, 1:] + r[1:, 1:]) / 4.0
+    return float(r.max())
+
+
+def _border_ring(gray: np.ndarray) -> np.ndarray:
+    """The pixels of the outer ring (about 5% of each side, at least 1 px)."""
+    h, w = gray.shape
+    bh, bw = max(1, h // 20), max(1, w // 20)
+    return np.concatenate(
+        [gray[:bh].ravel(), gray[-bh:].ravel(), gray[:, :bw].ravel(), gray[:, -bw:].ravel()]
+    )
+
+
+def _otsu(values: np.ndarray) -> float:
+    """Otsu's threshold: the cut that best separates the histogram into two classes."""
+    top = float(values.max())
+    if top <= 0.0:
+        return 0.0
+    hist, edges = np.histogram(values, bins=256, range=(0.0, top))
+    hist = hist.astype(np.float64)
+    centers = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    s0 = np.cumsum(hist * centers)
+    m0 = s0 / np.maximum(w0, 1e-12)
+    m1 = (s0[-1] - s0) / np.maximum(w1, 1e-12)
+    between = w0 * w1 * (m0 - m1) ** 2
+    return float(edges[int(np.argmax(between[:-1])) + 1])
+
+
+# ----------------------------------------------------------------- specks, bbox, strokes
+
+
+def _drop_specks(mask: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Keep the 8-connected components of ``mask`` whose ink is at least
+    ``_SPECK_FRACTION`` of the heaviest component's; return the cleaned mask.
+
+    Components are found on horizontal runs with a union-find, so the Python loop runs
+    over runs (a few per row), not pixels.
+    """
+    h, w = mask.shape
+    padded = np.zeros((h, w + 2), dtype=np.int8)
+    padded[:, 1:-1] = mask
+    edges = np.diff(padded, axis=1)
+    run_row, run_start = np.nonzero(edges == 1)
+    _, run_end = np.nonzero(edges == -1)  # exclusive; pairs with starts in row-major order
+    n = run_row.size
+    if n == 0:
+        return np.zeros_like(mask)
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first = np.searchsorted(run_row, np.arange(h + 1)).tolist()
+    starts, ends = run_start.tolist(), run_end.tolist()
+    for r in range(h - 1):
+        i, i_end, j, j_end = first[r], first[r + 1], first[r + 1], first[r + 2]
+        while i < i_end and j < j_end:
+            if starts[i] <= ends[j] and starts[j] <= ends[i]:  # touching, diagonals included
+                a, b = find(i), find(j)
+                if a != b:
+                    parent[b] = a
+            if ends[i] < ends[j]:
+                i += 1
+            else:
+                j += 1
+    roots = np.array([find(i) for i in range(n)])
+    _, labels = np.unique(roots, return_inverse=True)
+    cumulative = np.zeros((h, w + 1), dtype=np.float64)
+    np.cumsum(weight, axis=1, out=cumulative[:, 1:])
+    run_mass = cumulative[run_row, run_end] - cumulative[run_row, run_start]
+    mass = np.bincount(labels, weights=run_mass)
+    keep_run = mass[labels] >= _SPECK_FRACTION * mass.max()
+    marks = np.zeros((h, w + 1), dtype=np.int32)
+    np.add.at(marks, (run_row[keep_run], run_start[keep_run]), 1)
+    np.add.at(marks, (run_row[keep_run], run_end[keep_run]), -1)
+    return np.cumsum(marks, axis=1)[:, :w] > 0
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary dilation by a (2r+1) square, separably with shifted ORs."""
+    rows = mask.copy()
+    for k in range(1, radius + 1):
+        rows[k:] |= mask[:-k]
+        rows[:-k] |= mask[k:]
+    out = rows.copy()
+    for k in range(1, radius + 1):
+        out[:, k:] |= rows[:, :-k]
+        out[:, :-k] |= rows[:, k:]
+    return out
+
+
+def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the True pixels, bottom/right exclusive."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _stroke_width(mask: np.ndarray) -> float:
+    """Mean stroke width of a binary mask: 2 * area / perimeter.
+
+    The perimeter is counted as horizontal plus vertical pixel edges, which overstates
+    it by 4/pi on average over stroke directions (Cauchy-Crofton); we correct for that.
+    """
+    area = float(mask.sum())
+    padded = np.pad(mask, 1).astype(np.int8)
+    edges = np.abs(np.diff(padded, axis=0)).sum() + np.abs(np.diff(padded, axis=1)).sum()
+    return (8.0 / math.pi) * area / max(float(edges), 1.0)
+
+
+# ------------------------------------------------------------------- size and position
+
+
+def _fit_box(patch: np.ndarray, stroke: float) -> np.ndarray:
+    """Scale the cropped ink so its longer side is BOX_SIZE, thickening very thin strokes."""
+    h, w = patch.shape
+    scale = BOX_SIZE / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # PIL (width, height)
+    img = Image.fromarray(patch.astype(np.float32), mode="F")
+    if stroke * scale < _MIN_STROKE_PX:
+        fine = (size[0] * _THICKEN_SCALE, size[1] * _THICKEN_SCALE)
+        grow = (_TARGET_STROKE_PX - stroke * scale) * _THICKEN_SCALE  # px to add at fine scale
+        k = 2 * max(1, round(grow / 2)) + 1
+        arr = np.asarray(img.resize(fine, Image.Resampling.LANCZOS), dtype=np.float32)
+        arr = np.pad(np.clip(arr, 0.0, 1.0), k // 2)
+        arr = np.asarray(Image.fromarray(arr, mode="F").filter(ImageFilter.MaxFilter(k)))
+        top, bottom, left, right = _bbox(arr > 0.02)
+        arr = arr[top:bottom, left:right]
+        h2, w2 = arr.shape
+        scale2 = BOX_SIZE / max(h2, w2)
+        size = (max(1, round(w2 * scale2)), max(1, round(h2 * scale2)))
+        img = Image.fromarray(np.ascontiguousarray(arr), mode="F")
+    if img.size != size:
+        img = img.resize(size, Image.Resampling.LANCZOS)
+    digit = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+    peak = float(digit.max())
+    if peak <= 0.0:
+        raise ImageError("no ink left after scaling")  # unreachable for non-empty patches
+    return digit / peak if peak < 1.0 else digit
+
+
+def _center_in_frame(digit: np.ndarray) -> np.ndarray:
+    """Place the digit in a 28x28 frame with its center of mass at (14, 14), whole-pixel shift."""
+    h, w = digit.shape
+    total = float(digit.sum())
+    ys, xs = np.indices(digit.shape)
+    cy = float((digit * ys).sum()) / total
+    cx = float((digit * xs).sum()) / total
+    center = FRAME_SIZE / 2
+    top = min(max(math.floor(center - cy + 0.5), 0), FRAME_SIZE - h)
+    left = min(max(math.floor(center - cx + 0.5), 0), FRAME_SIZE - w)
+    frame = np.zeros((FRAME_SIZE, FRAME_SIZE), dtype=np.float32)
+    frame[top : top + h, left : left + w] = digit
+    return np.rint(frame * 255.0).astype(np.uint8)
