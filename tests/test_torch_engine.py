@@ -259,6 +259,22 @@ def test_switching_engines_mid_training_keeps_optimizer_state(optimizer):
                                    atol=1e-12, err_msg=key)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+def test_changing_the_learning_rate_matches_numpy(optimizer):
+    rng = np.random.default_rng(11)
+    x, y = rng.normal(size=(16, 12)), rng.integers(0, 10, size=16)
+    ref = mlp()
+    ref.compile(optimizer, "sparse_categorical_crossentropy")
+    model = to_torch(mlp())
+    model.compile(optimizer, "sparse_categorical_crossentropy")
+    for lr in (0.1, 0.1, 0.02, 0.05):
+        ref.optimizer.lr = model.optimizer.lr = lr
+        ref.train_step(x, y)
+        model.train_step(x, y)
+    for name, w in ref.get_weights().items():
+        np.testing.assert_allclose(model.get_weights()[name], w, rtol=1e-9, atol=1e-10)
+
+
 def test_fit_with_dropout_is_seeded():
     rng = np.random.default_rng(7)
     x, y = rng.normal(size=(24, 1, 12, 12)).astype(np.float32), rng.integers(0, 10, size=24)

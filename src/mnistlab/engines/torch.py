@@ -274,7 +274,7 @@ class TorchOptimizer:
     """
 
     def __init__(self, optimizer: str | Optimizer = "adam") -> None:
-        self.spec = get_optimizer(optimizer)
+        self.spec = _optimizer_copy(get_optimizer(optimizer))  # ours alone: lr may change
         if not isinstance(self.spec, SGD | Momentum | Adam):
             raise ValueError(f"the torch engine runs sgd, momentum and adam, "
                              f"not {type(self.spec).__name__}")
@@ -290,10 +290,20 @@ class TorchOptimizer:
         return self.spec.lr
 
     @lr.setter
-    def lr(self, value: float) -> None:  # e.g. a schedule callback
-        self.spec.lr = float(value)
-        for group in self.torch.param_groups if self.torch is not None else ():
-            group["lr"] = self.spec.lr
+    def lr(self, value: float) -> None:
+        """Change the learning rate (e.g. from a schedule callback) between steps."""
+        old, new = self.spec.lr, float(value)
+        self.spec.lr = new
+        if self.torch is None:
+            return
+        for group in self.torch.param_groups:
+            group["lr"] = new
+        if isinstance(self.spec, Momentum) and old != new and new != 0:
+            # keep the NumPy velocity v = -lr * b unchanged: b scales by old / new
+            with torch.no_grad():
+                for state in self.torch.state.values():
+                    if state.get("momentum_buffer") is not None:
+                        state["momentum_buffer"].mul_(old / new)
 
     def get_config(self) -> dict:
         return self.spec.get_config()
