@@ -234,3 +234,35 @@ def test_reference_pickle_classifies_9352_test_images(dtype: str) -> None:
     y = model.predict(x_test.astype(dtype))
     assert y.shape == (10_000, 10)
     assert int(np.sum(np.argmax(y, axis=1) == t_test)) == 9_352
+
+
+@needs_sample
+def test_bench_inference_command_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    """`mnistlab bench inference` on a few images: three modes, the same accuracy, exit 0."""
+    import argparse
+
+    pytest.importorskip("mnistlab.nn.model", reason="the NumPy engine is not written yet")
+    _load_mnist()
+    from mnistlab.cli.bench import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(
+        ["bench", "inference", "--weights", str(SAMPLE_WEIGHT), "--limit", "300", "--repeat", "1"]
+    )
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    for mode in ("image by image", "batches of 100", "one batch"):
+        assert mode in out
+    assert out.count("0.9") >= 3  # the accuracy column, once per mode
+
+
+def test_bench_inference_without_weights_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mnistlab.cli.bench import resolve_weights
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MNISTLAB_SAMPLE_WEIGHT", raising=False)
+    with pytest.raises(ModelFileError, match="--weights"):
+        resolve_weights(None)
