@@ -132,6 +132,7 @@ def time_inference(
 ) -> list[InferenceResult]:
     """Predict all of ``x`` image by image, in batches of ``batch_size``, and in one batch."""
     results = []
+    model.predict(x, batch_size=len(x))  # untimed warm-up: BLAS threads, first-touch memory
     modes = [("image by image", 1), (f"batches of {batch_size}", batch_size), ("one batch", len(x))]
     for mode, size in modes:
         best, y = float("inf"), None
