@@ -13,6 +13,7 @@ from mnistlab.errors import MnistlabError
 # Each module defines `register(subparsers)`, which adds its commands and sets `func` on them.
 COMMAND_MODULES = [
     "mnistlab.cli.data",
+    "mnistlab.cli.recognize",
 ]
 
 

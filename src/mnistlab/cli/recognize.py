@@ -1,0 +1,95 @@
+"""`mnistlab predict` and `mnistlab serve`: recognize a person's own handwriting."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mnistlab.errors import MnistlabError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `predict` and `serve` commands."""
+    predict = subparsers.add_parser(
+        "predict",
+        help="recognize the digit in image files",
+        description="Recognize one handwritten digit per image (PNG, JPEG, ... any size). "
+        "Each image is preprocessed the way MNIST was made (see mnistlab.preprocess).",
+    )
+    predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    predict.add_argument("--model", type=Path, help="saved model (default: the bundled one)")
+    predict.add_argument("--top", type=int, default=3, metavar="K", help="show the K most likely")
+    predict.add_argument("--json", action="store_true", help="one JSON object per image")
+    predict.add_argument(
+        "--save-preprocessed",
+        type=Path,
+        metavar="DIR",
+        help="also save the 28x28 image the model saw, as DIR/<name>.png",
+    )
+    predict.set_defaults(func=cmd_predict)
+
+    serve = subparsers.add_parser(
+        "serve",
+        help="draw-a-digit page and JSON API",
+        description="Serve a page to draw digits on and a JSON API (POST /api/predict, "
+        "GET /api/health, docs at /docs). Needs the serve extra.",
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--model", type=Path, help="saved model (default: the bundled one)")
+    serve.set_defaults(func=cmd_serve)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from mnistlab.recognizer import Recognizer
+
+    if args.top < 1 or args.top > 10:
+        raise MnistlabError("--top must be between 1 and 10")
+    recognizer = Recognizer.from_path(args.model)
+    failures = 0
+    for path in args.images:
+        try:
+            prediction = recognizer.recognize_image(_load(path), name=str(path))
+        except MnistlabError as error:
+            failures += 1
+            if args.json:
+                print(json.dumps({"file": str(path), "error": str(error)}))
+            else:
+                print(f"{path}: error: {error}")
+            continue
+        if args.save_preprocessed:
+            args.save_preprocessed.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(prediction.image).save(args.save_preprocessed / f"{path.stem}.png")
+        if args.json:
+            record = prediction.to_json(top_k=args.top)
+            del record["image"]
+            print(json.dumps({"file": str(path), **record}))
+        else:
+            top = "  ".join(f"{d}: {p:6.1%}" for d, p in prediction.top(args.top))
+            print(f"{path}: {prediction.digit}   ({top})")
+    return 1 if failures else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from mnistlab.serve.app import create_app
+    except ImportError as error:
+        raise MnistlabError(
+            f"serving needs the serve extra ({error.name} is missing): "
+            "pip install 'mnistlab[serve]'"
+        ) from error
+    app = create_app(args.model)
+    print(f"mnistlab: draw a digit at http://{args.host}:{args.port}/  (API docs at /docs)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _load(path: Path):
+    from mnistlab.preprocess import WORK_MAX_SIDE, load_image
+
+    return load_image(path, max_side=WORK_MAX_SIDE)

@@ -1,0 +1,1 @@
+"""The draw-a-digit page and JSON API (`mnistlab serve`); needs the `serve` extra."""
