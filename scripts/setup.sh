@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Set up a development environment from scratch: system packages (where apt-get and root are
+# Set up a development environment from scratch: system packages (Fashion-MNIST, and Chromium
+# for the browser test; where apt-get and root are
 # available), a virtual environment in .venv, and mnistlab with every extra the tests use.
 # Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-APT_PACKAGES=(dataset-fashion-mnist)
+APT_PACKAGES=(dataset-fashion-mnist chromium)
 
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     echo "==> apt-get install ${APT_PACKAGES[*]}"
@@ -22,5 +23,5 @@ echo "==> virtual environment .venv"
 .venv/bin/python -m pip install -q --upgrade pip
 # torch first, pinned: an unpinned torch requirement would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[torch,serve,test]"
+.venv/bin/python -m pip install -q -e ".[torch,serve,test,browser]"
 echo "==> done: $(.venv/bin/mnistlab --version)"
