@@ -14,6 +14,7 @@ from mnistlab.errors import MnistlabError
 COMMAND_MODULES = [
     "mnistlab.cli.data",
     "mnistlab.cli.recognize",
+    "mnistlab.cli.bench",
 ]
 
 
