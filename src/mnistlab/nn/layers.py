@@ -1,0 +1,418 @@
+"""Layers: each class keeps ``forward`` and ``backward`` side by side, one screen each.
+
+Conventions (docs/CONTRACTS.md): images are NCHW; Dense.W is (in, out); Conv2D.W is
+(out_channels, in_channels, kh, kw). ``forward`` caches on ``self`` what ``backward``
+needs; ``backward(dy)`` writes ``self.grads`` and returns dL/dx. Neither mutates its
+argument. Shapes in comments leave out nothing: N is the batch size.
+
+Layers with an activation (Dense, Conv2D, Activation) split into a linear part
+(``linear_forward``/``linear_backward``) and the activation, so the model can hand
+the logits of the output layer straight to a fused softmax cross-entropy loss.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from mnistlab.nn.activations import ActivationFunction, get_activation
+from mnistlab.nn.initializers import check_initializer, initialize
+
+Shape = tuple[int, ...]
+
+
+class Layer:
+    """Base class: ``build`` allocates parameters; ``forward``/``backward`` do the math."""
+
+    activation: ActivationFunction | None = None
+    # The model sets this False on its first layer with parameters: nothing needs dL/dx
+    # there, so backward skips that product (as autograd does) and returns None.
+    needs_input_grad = True
+
+    def __init__(self, input_shape: Shape | None = None) -> None:
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.output_shape: Shape | None = None
+
+    def build(self, input_shape: Shape, rng: np.random.Generator, dtype: Any) -> Shape:
+        """Create parameters for inputs of ``input_shape`` (no batch axis); return output shape."""
+        self.input_shape = tuple(input_shape)
+        self.output_shape = self.input_shape
+        return self.output_shape
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def get_config(self) -> dict:
+        """JSON-safe description; ``layer_from_config(get_config())`` rebuilds the layer."""
+        return {"type": type(self).__name__}
+
+    def _add_param(self, name: str, value: np.ndarray) -> None:
+        self.params[name] = value
+        self.grads[name] = np.zeros_like(value)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "type")
+        return f"{type(self).__name__}({args})"
+
+
+class Dense(Layer):
+    """Fully connected: y = activation(x @ W + b);  x (N, in), W (in, units), b (units,)."""
+
+    def __init__(
+        self,
+        units: int,
+        activation: str | None = None,
+        kernel_initializer: str = "glorot_uniform",
+        bias_initializer: str = "zeros",
+        input_shape: Shape | None = None,
+    ) -> None:
+        super().__init__(input_shape)
+        if int(units) < 1:
+            raise ValueError(f"Dense units must be >= 1, got {units}")
+        self.units = int(units)
+        self.activation = get_activation(activation)
+        self.kernel_initializer = check_initializer(kernel_initializer)
+        self.bias_initializer = check_initializer(bias_initializer)
+
+    def build(self, input_shape: Shape, rng: np.random.Generator, dtype: Any) -> Shape:
+        if len(input_shape) != 1:
+            raise ValueError(f"Dense expects flat inputs (N, features), got {input_shape}; "
+                             "put a Flatten() before it")
+        n_in, n_out = input_shape[0], self.units
+        w = initialize(self.kernel_initializer, (n_in, n_out), n_in, n_out, rng, dtype)
+        self._add_param("W", w)
+        self._add_param("b", initialize(self.bias_initializer, (n_out,), n_in, n_out, rng, dtype))
+        self.input_shape, self.output_shape = tuple(input_shape), (n_out,)
+        return self.output_shape
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        return self.activation.forward(self.linear_forward(x))
+
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        return self.linear_backward(self.activation.backward(dy))
+
+    def linear_forward(self, x: np.ndarray) -> np.ndarray:
+        self.x = x  # (N, in), kept for dW
+        z = x @ self.params["W"]  # (N, units)
+        z += self.params["b"]
+        return z
+
+    def linear_backward(self, dz: np.ndarray) -> np.ndarray | None:
+        np.matmul(self.x.T, dz, out=self.grads["W"])  # dW = x^T dz: (in, units)
+        np.sum(dz, axis=0, out=self.grads["b"])  # db = sum_n dz: (units,)
+        return dz @ self.params["W"].T if self.needs_input_grad else None  # dx: (N, in)
+
+    def get_config(self) -> dict:
+        return {"type": "Dense", "units": self.units, "activation": self.activation.name,
+                "kernel_initializer": self.kernel_initializer,
+                "bias_initializer": self.bias_initializer}
+
+
+def _pair(value: int | tuple[int, int] | list[int], what: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or any(int(v) != v or v < 1 for v in pair):
+        raise ValueError(f"{what} must be a positive int or a pair of them, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _check_padding(padding: str) -> str:
+    if padding not in ("valid", "same"):
+        raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
+    return padding
+
+
+def output_size(size: int, window: int, stride: int, padding: str) -> tuple[int, int, int]:
+    """(output size, pad before, pad after) along one axis, as Keras/TensorFlow compute it.
+
+    "same": out = ceil(size / stride), and the odd pixel of padding goes after
+    (bottom/right), e.g. a 2x2 kernel at stride 1 pads 0 above and 1 below.
+    """
+    if padding == "valid":
+        if size < window:
+            raise ValueError(f"window {window} is larger than the input size {size}")
+        return (size - window) // stride + 1, 0, 0
+    out = -(-size // stride)
+    total = max((out - 1) * stride + window - size, 0)
+    return out, total // 2, total - total // 2
+
+
+def pad2d(x: np.ndarray, pads: tuple[int, int, int, int], value: float = 0.0) -> np.ndarray:
+    """Pad the H and W axes of NCHW ``x`` by (top, bottom, left, right); no copy if all 0."""
+    top, bottom, left, right = pads
+    if not any(pads):
+        return x
+    n, c, h, w = x.shape
+    out = np.full((n, c, h + top + bottom, w + left + right), value, dtype=x.dtype)
+    out[:, :, top : top + h, left : left + w] = x
+    return out
+
+
+def window_slices(i: int, j: int, stride: tuple[int, int], out_hw: tuple[int, int]):
+    """Index picking, for window offset (i, j), the input pixel of every output position."""
+    (sh, sw), (oh, ow) = stride, out_hw
+    return (slice(None), slice(None), slice(i, i + sh * (oh - 1) + 1, sh),
+            slice(j, j + sw * (ow - 1) + 1, sw))
+
+
+class Conv2D(Layer):
+    """2-D convolution (cross-correlation, as Keras/PyTorch) by im2col + one batched matmul.
+
+    x (N, C, H, W) -> cols (N, C*kh*kw, OH*OW) -> z = W2 @ cols (N, F, OH*OW) -> (N, F, OH, OW)
+    with W2 = W.reshape(F, C*kh*kw), W (F, C, kh, kw), b (F,).
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int | tuple[int, int],
+        strides: int | tuple[int, int] = 1,
+        padding: str = "valid",
+        activation: str | None = None,
+        kernel_initializer: str = "glorot_uniform",
+        bias_initializer: str = "zeros",
+        input_shape: Shape | None = None,
+    ) -> None:
+        super().__init__(input_shape)
+        if int(filters) < 1:
+            raise ValueError(f"Conv2D filters must be >= 1, got {filters}")
+        self.filters = int(filters)
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.strides = _pair(strides, "strides")
+        self.padding = _check_padding(padding)
+        self.activation = get_activation(activation)
+        self.kernel_initializer = check_initializer(kernel_initializer)
+        self.bias_initializer = check_initializer(bias_initializer)
+
+    def build(self, input_shape: Shape, rng: np.random.Generator, dtype: Any) -> Shape:
+        if len(input_shape) != 3:
+            raise ValueError(f"Conv2D expects NCHW images (N, C, H, W), got {input_shape}")
+        c, h, w = input_shape
+        (kh, kw), (sh, sw), f = self.kernel_size, self.strides, self.filters
+        oh, top, bottom = output_size(h, kh, sh, self.padding)
+        ow, left, right = output_size(w, kw, sw, self.padding)
+        self.pads, self.out_hw = (top, bottom, left, right), (oh, ow)
+        fan_in, fan_out = c * kh * kw, f * kh * kw  # Keras's fans for a conv kernel
+        self._add_param("W", initialize(self.kernel_initializer, (f, c, kh, kw), fan_in, fan_out,
+                                        rng, dtype))
+        self._add_param("b", initialize(self.bias_initializer, (f,), fan_in, fan_out, rng, dtype))
+        self.input_shape, self.output_shape = tuple(input_shape), (f, oh, ow)
+        return self.output_shape
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        return self.activation.forward(self.linear_forward(x))
+
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        return self.linear_backward(self.activation.backward(dy))
+
+    def linear_forward(self, x: np.ndarray) -> np.ndarray:
+        n, c = x.shape[:2]
+        (kh, kw), (oh, ow), f = self.kernel_size, self.out_hw, self.filters
+        xp = pad2d(x, self.pads)  # (N, C, H + pads, W + pads)
+        self.padded_shape = xp.shape
+        cols = np.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)  # im2col
+        for i in range(kh):
+            for j in range(kw):
+                cols[:, :, i, j] = xp[window_slices(i, j, self.strides, self.out_hw)]
+        self.cols = cols.reshape(n, c * kh * kw, oh * ow)  # kept for dW
+        z = np.matmul(self.params["W"].reshape(f, -1), self.cols)  # (N, F, OH*OW)
+        z += self.params["b"][:, None]
+        return z.reshape(n, f, oh, ow)
+
+    def linear_backward(self, dz: np.ndarray) -> np.ndarray | None:
+        n, (kh, kw), (oh, ow), f = len(dz), self.kernel_size, self.out_hw, self.filters
+        dz = dz.reshape(n, f, oh * ow)
+        w2 = self.params["W"].reshape(f, -1)  # (F, C*kh*kw)
+        # dW = sum_n dz[n] @ cols[n]^T: (F, C*kh*kw);  db = sum over n and positions
+        np.sum(np.matmul(dz, self.cols.transpose(0, 2, 1)), axis=0,
+               out=self.grads["W"].reshape(f, -1))
+        np.sum(dz, axis=(0, 2), out=self.grads["b"])
+        if not self.needs_input_grad:
+            return None
+        dcols = np.matmul(w2.T, dz).reshape(n, -1, kh, kw, oh, ow)  # (N, C, kh, kw, OH, OW)
+        dxp = np.zeros(self.padded_shape, dtype=dz.dtype)  # col2im: add each offset back
+        for i in range(kh):
+            for j in range(kw):
+                dxp[window_slices(i, j, self.strides, self.out_hw)] += dcols[:, :, i, j]
+        top, _, left, _ = self.pads
+        h, w = self.input_shape[1:]
+        return dxp[:, :, top : top + h, left : left + w]
+
+    def get_config(self) -> dict:
+        return {"type": "Conv2D", "filters": self.filters, "kernel_size": list(self.kernel_size),
+                "strides": list(self.strides), "padding": self.padding,
+                "activation": self.activation.name,
+                "kernel_initializer": self.kernel_initializer,
+                "bias_initializer": self.bias_initializer}
+
+
+class MaxPooling2D(Layer):
+    """Max over pool_size windows: x (N, C, H, W) -> y (N, C, OH, OW).
+
+    Forward takes a running max over the ph*pw window offsets (one strided view each);
+    backward sends each dy to the first offset holding that max (argmax's tie rule).
+    """
+
+    def __init__(
+        self,
+        pool_size: int | tuple[int, int] = 2,
+        strides: int | tuple[int, int] | None = None,
+        padding: str = "valid",
+        input_shape: Shape | None = None,
+    ) -> None:
+        super().__init__(input_shape)
+        self.pool_size = _pair(pool_size, "pool_size")
+        self.strides = self.pool_size if strides is None else _pair(strides, "strides")
+        self.padding = _check_padding(padding)
+
+    def build(self, input_shape: Shape, rng: np.random.Generator, dtype: Any) -> Shape:
+        if len(input_shape) != 3:
+            raise ValueError(f"MaxPooling2D expects NCHW images (N, C, H, W), got {input_shape}")
+        c, h, w = input_shape
+        oh, top, bottom = output_size(h, self.pool_size[0], self.strides[0], self.padding)
+        ow, left, right = output_size(w, self.pool_size[1], self.strides[1], self.padding)
+        self.pads, self.out_hw = (top, bottom, left, right), (oh, ow)
+        self.input_shape, self.output_shape = tuple(input_shape), (c, oh, ow)
+        return self.output_shape
+
+    def offsets(self) -> list[tuple[int, int]]:
+        return [(i, j) for i in range(self.pool_size[0]) for j in range(self.pool_size[1])]
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        self.xp = pad2d(x, self.pads, value=-np.inf)  # padding never wins the max
+        windows = [self.xp[window_slices(i, j, self.strides, self.out_hw)]
+                   for i, j in self.offsets()]
+        self.y = windows[0].copy()  # (N, C, OH, OW): running max over the window offsets
+        for window in windows[1:]:
+            np.maximum(self.y, window, out=self.y)
+        return self.y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        dxp = np.zeros(self.xp.shape, dtype=dy.dtype)
+        unclaimed = np.ones(dy.shape, dtype=bool)  # windows whose max is not found yet
+        for i, j in self.offsets():
+            view = window_slices(i, j, self.strides, self.out_hw)
+            hit = self.xp[view] == self.y  # this offset holds the max...
+            hit &= unclaimed  # ...and no earlier one did: on ties the first wins, like argmax
+            unclaimed ^= hit
+            if self.strides == self.pool_size:  # windows do not overlap: assign, no add
+                np.multiply(dy, hit, out=dxp[view])
+            else:
+                dxp[view] += dy * hit
+        top, _, left, _ = self.pads
+        h, w = self.input_shape[1:]
+        return dxp[:, :, top : top + h, left : left + w]
+
+    def get_config(self) -> dict:
+        return {"type": "MaxPooling2D", "pool_size": list(self.pool_size),
+                "strides": list(self.strides), "padding": self.padding}
+
+
+class Flatten(Layer):
+    """(N, d1, d2, ...) -> (N, d1*d2*...), in C order (C, H, W for images, as PyTorch)."""
+
+    def build(self, input_shape: Shape, rng: np.random.Generator, dtype: Any) -> Shape:
+        self.input_shape, self.output_shape = tuple(input_shape), (math.prod(input_shape),)
+        return self.output_shape
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        self.x_shape = x.shape
+        return x.reshape(len(x), -1)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        return dy.reshape(self.x_shape)
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training, zero each value with probability ``rate`` and scale
+    the rest by 1 / (1 - rate), so inference (training=False) is the identity."""
+
+    def __init__(self, rate: float, seed: int | None = None,
+                 input_shape: Shape | None = None) -> None:
+        super().__init__(input_shape)
+        if not 0.0 <= float(rate) < 1.0:
+            raise ValueError(f"Dropout rate must be in [0, 1), got {rate}")
+        self.rate, self.seed = float(rate), seed
+        self.rng = np.random.default_rng(seed)
+
+    def build(self, input_shape: Shape, rng: np.random.Generator, dtype: Any) -> Shape:
+        # Masks come from the layer's own seed, else from a stream drawn off the model's seed.
+        seed = self.seed if self.seed is not None else int(rng.integers(2**63))
+        self.rng = np.random.default_rng(seed)
+        return super().build(input_shape, rng, dtype)
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        if not training or self.rate == 0.0:
+            self.mask = None
+            return x
+        keep = self.rng.random(x.shape, dtype=x.dtype) >= self.rate
+        self.mask = keep * x.dtype.type(1.0 / (1.0 - self.rate))  # 0 or 1/(1-rate)
+        return x * self.mask
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        return dy if self.mask is None else dy * self.mask
+
+    def get_config(self) -> dict:
+        return {"type": "Dropout", "rate": self.rate, "seed": self.seed}
+
+
+class Activation(Layer):
+    """An activation on its own: y = f(x), e.g. Activation("softmax") after a linear Dense."""
+
+    def __init__(self, activation: str, input_shape: Shape | None = None) -> None:
+        super().__init__(input_shape)
+        self.activation = get_activation(activation)
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        return self.activation.forward(x)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        return self.activation.backward(dy)
+
+    def linear_forward(self, x: np.ndarray) -> np.ndarray:
+        return x  # no linear part
+
+    def linear_backward(self, dz: np.ndarray) -> np.ndarray:
+        return dz
+
+    def get_config(self) -> dict:
+        return {"type": "Activation", "activation": self.activation.name}
+
+
+LAYER_TYPES: dict[str, type[Layer]] = {
+    cls.__name__: cls for cls in (Dense, Conv2D, MaxPooling2D, Flatten, Dropout, Activation)
+}
+
+
+def layer_from_config(config: dict) -> Layer:
+    """Rebuild a layer from ``get_config()`` output; ValueError names what is wrong."""
+    if not isinstance(config, dict) or "type" not in config:
+        raise ValueError(f"a layer config must be a dict with a 'type', got {config!r}")
+    kwargs = dict(config)
+    kind = kwargs.pop("type")
+    if kind not in LAYER_TYPES:
+        raise ValueError(f"unknown layer type {kind!r}; known: {sorted(LAYER_TYPES)}")
+    try:
+        return LAYER_TYPES[kind](**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"bad config for {kind}: {exc}") from None
+
+
+__all__ = [
+    "LAYER_TYPES",
+    "Activation",
+    "Conv2D",
+    "Dense",
+    "Dropout",
+    "Flatten",
+    "Layer",
+    "MaxPooling2D",
+    "layer_from_config",
+    "output_size",
+]

@@ -1,0 +1,205 @@
+"""Optimizers: ``update(params, grads)`` changes each parameter array in place.
+
+``params`` and ``grads`` are dicts keyed by the model's weight names ("0.W", ...);
+per-parameter state (velocity, moments) is keyed the same way, so it survives
+as long as the names do. A preallocated scratch array per parameter keeps the
+update free of temporaries, which matters for the 3M-parameter CNN.
+
+Each rule is written once, in ``update_one``, for whole arrays. Large parameters are
+cut into contiguous pieces that ``threads`` threads update at once (NumPy releases the
+GIL inside ufuncs), as PyTorch spreads its elementwise kernels over its threads.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+MIN_PIECE = 1 << 17  # elements; a smaller piece is not worth a thread hand-off
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads
+    os.register_at_fork(after_in_child=_POOLS.clear)
+
+
+def default_threads() -> int:
+    """MNISTLAB_NUM_THREADS, else OMP_NUM_THREADS, else the CPUs this process may use."""
+    for var in ("MNISTLAB_NUM_THREADS", "OMP_NUM_THREADS"):
+        if os.environ.get(var, "").isdigit() and int(os.environ[var]) > 0:
+            return int(os.environ[var])
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    if threads not in _POOLS:
+        _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="mnistlab-optimizer")
+    return _POOLS[threads]
+
+
+class Optimizer:
+    """Base class: ``update`` in place; ``get_state``/``set_state`` for checkpoints."""
+
+    name = ""
+
+    def __init__(self, lr: float) -> None:
+        self.lr = float(lr)
+        self.iterations = 0  # number of update() calls so far
+        self.state: dict[str, dict[str, np.ndarray]] = {}
+        self.threads = default_threads()
+
+    def update(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+        self.iterations += 1
+        pieces = []  # (p, g, state): whole arrays, or equal slices of the big ones
+        for name, p in params.items():
+            g, state = grads[name], self._state_for(name, p)
+            n = min(self.threads, p.size // MIN_PIECE)
+            if n < 2 or not (p.flags.c_contiguous and g.flags.c_contiguous):
+                pieces.append((p, g, state))
+                continue
+            arrays = [p.reshape(-1), g.reshape(-1), *(v.reshape(-1) for v in state.values())]
+            for k in range(n):  # reshape(-1) of a contiguous array is a view: slices write back
+                s = slice(k * p.size // n, (k + 1) * p.size // n)
+                p_s, g_s, *rest = (a[s] for a in arrays)
+                pieces.append((p_s, g_s, dict(zip(state, rest, strict=True))))
+        if len(pieces) > len(params):  # something was split: hand the pieces to threads
+            # each runs in a copy of our context, so np.errstate settings apply there too
+            contexts = [contextvars.copy_context() for _ in pieces]
+            list(_pool(self.threads).map(lambda ctx, piece: ctx.run(self.update_one, *piece),
+                                         contexts, pieces))
+        else:
+            for piece in pieces:
+                self.update_one(*piece)
+
+    def update_one(self, p: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def slots(self) -> tuple[str, ...]:
+        """Names of the per-parameter arrays this optimizer keeps (besides "scratch")."""
+        return ()
+
+    def _state_for(self, name: str, p: np.ndarray) -> dict[str, np.ndarray]:
+        state = self.state.get(name)
+        if state is None or state["scratch"].shape != p.shape or state["scratch"].dtype != p.dtype:
+            state = {slot: np.zeros_like(p) for slot in (*self.slots(), "scratch")}
+            self.state[name] = state
+        return state
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "lr": self.lr}
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Flat copy of the state, e.g. {"m.0.W": ..., "iterations": array(12)}."""
+        out = {"iterations": np.array(self.iterations, dtype=np.int64)}
+        for name, state in self.state.items():
+            out.update({f"{slot}.{name}": state[slot].copy() for slot in self.slots()})
+        return out
+
+    def set_state(self, flat: dict[str, np.ndarray]) -> None:
+        """Restore what ``get_state`` returned (for resuming training)."""
+        self.iterations = int(flat["iterations"])
+        self.state = {}
+        for key, value in flat.items():
+            if key == "iterations":
+                continue
+            slot, name = key.split(".", 1)
+            state = self.state.setdefault(name, {"scratch": np.zeros_like(value)})
+            state[slot] = np.array(value, copy=True)
+
+
+class SGD(Optimizer):
+    """p -= lr * g."""
+
+    name = "sgd"
+
+    def __init__(self, lr: float = 0.01) -> None:
+        super().__init__(lr)
+
+    def update_one(self, p: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> None:
+        step = np.multiply(g, self.lr, out=state["scratch"])
+        p -= step
+
+
+class Momentum(Optimizer):
+    """v = momentum * v - lr * g;  p += v."""
+
+    name = "momentum"
+
+    def __init__(self, lr: float = 0.01, momentum: float = 0.9) -> None:
+        super().__init__(lr)
+        self.momentum = float(momentum)
+
+    def slots(self) -> tuple[str, ...]:
+        return ("v",)
+
+    def update_one(self, p: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> None:
+        v = state["v"]
+        v *= self.momentum
+        v -= np.multiply(g, self.lr, out=state["scratch"])
+        p += v
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "momentum": self.momentum}
+
+
+class Adam(Optimizer):
+    """Adam as Keras computes it (same defaults, epsilon added to sqrt(v)):
+
+        m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g**2
+        p -= lr * sqrt(1 - b2**t) / (1 - b1**t) * m / (sqrt(v) + epsilon)
+    """
+
+    name = "adam"
+
+    def __init__(
+        self,
+        lr: float = 0.001,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-7,
+    ) -> None:
+        super().__init__(lr)
+        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+
+    def slots(self) -> tuple[str, ...]:
+        return ("m", "v")
+
+    def update(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+        t = self.iterations + 1  # bias correction for this step, shared by all parameters
+        self.alpha = self.lr * np.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
+        super().update(params, grads)
+
+    def update_one(self, p: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> None:
+        m, v, tmp = state["m"], state["v"], state["scratch"]
+        m *= self.beta_1  # m = b1 m + (1 - b1) g
+        m += np.multiply(g, 1 - self.beta_1, out=tmp)
+        v *= self.beta_2  # v = b2 v + (1 - b2) g^2
+        np.multiply(g, g, out=tmp)
+        tmp *= 1 - self.beta_2
+        v += tmp
+        np.sqrt(v, out=tmp)  # step = alpha m / (sqrt(v) + eps)
+        tmp += self.epsilon
+        np.divide(m, tmp, out=tmp)
+        tmp *= self.alpha
+        p -= tmp
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "beta_1": self.beta_1,
+            "beta_2": self.beta_2,
+            "epsilon": self.epsilon,
+        }
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "momentum": Momentum, "adam": Adam}
+
+
+def get_optimizer(optimizer: str | Optimizer) -> Optimizer:
+    """An Optimizer from a name ("sgd", "momentum", "adam"; default hyperparameters) or itself."""
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[optimizer]()

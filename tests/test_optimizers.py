@@ -1,0 +1,110 @@
+"""Optimizers: one step of each matches the numbers worked out by hand, updates happen in
+place, and state can be saved and restored."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mnistlab.nn import SGD, Adam, Momentum, get_optimizer
+
+
+def one_param(value=(1.0, -2.0, 0.5)):
+    return {"0.W": np.array(value, dtype=np.float64)}
+
+
+GRAD = {"0.W": np.array([0.5, 0.25, -1.0])}
+
+
+def test_sgd_subtracts_lr_times_gradient_in_place() -> None:
+    params = one_param()
+    w = params["0.W"]
+    SGD(lr=0.1).update(params, GRAD)
+    assert params["0.W"] is w  # the model's own array was changed
+    np.testing.assert_allclose(w, [0.95, -2.025, 0.6])
+
+
+def test_momentum_accumulates_velocity() -> None:
+    params = one_param()
+    opt = Momentum(lr=0.1, momentum=0.9)
+    opt.update(params, GRAD)  # v1 = -0.1 g
+    opt.update(params, GRAD)  # v2 = 0.9 v1 - 0.1 g = -0.19 g;  w = w0 - 0.29 g
+    np.testing.assert_allclose(params["0.W"], np.array([1.0, -2.0, 0.5]) - 0.29 * GRAD["0.W"])
+
+
+def test_adam_first_step_is_lr_times_sign_thanks_to_bias_correction() -> None:
+    params = one_param()
+    Adam(lr=0.01).update(params, GRAD)
+    # m1 = 0.1 g, v1 = 0.001 g^2, alpha = 0.01 sqrt(0.001) / 0.1
+    # step = alpha m1 / (sqrt(v1) + 1e-7), i.e. 0.01 * sign(g) up to epsilon
+    g = GRAD["0.W"]
+    alpha = 0.01 * math.sqrt(1 - 0.999) / (1 - 0.9)
+    step = alpha * 0.1 * g / (np.sqrt(0.001 * g * g) + 1e-7)
+    np.testing.assert_allclose(params["0.W"], np.array([1.0, -2.0, 0.5]) - step, rtol=1e-12)
+    np.testing.assert_allclose(step, 0.01 * np.sign(g), rtol=1e-4)
+
+
+def test_adam_second_step_uses_the_keras_formula() -> None:
+    params = one_param()
+    opt = Adam(lr=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7)
+    g1, g2 = GRAD["0.W"], np.array([-0.1, 0.3, 2.0])
+    opt.update(params, {"0.W": g1})
+    opt.update(params, {"0.W": g2})
+    m = 0.9 * (0.1 * g1) + 0.1 * g2
+    v = 0.999 * (0.001 * g1**2) + 0.001 * g2**2
+    w1 = np.array([1.0, -2.0, 0.5]) - 0.001 * math.sqrt(0.001) / 0.1 * (0.1 * g1) / (
+        np.sqrt(0.001 * g1**2) + 1e-7)
+    w2 = w1 - 0.001 * math.sqrt(1 - 0.999**2) / (1 - 0.9**2) * m / (np.sqrt(v) + 1e-7)
+    np.testing.assert_allclose(params["0.W"], w2, rtol=1e-12)
+    assert opt.iterations == 2
+
+
+def test_keras_default_hyperparameters() -> None:
+    adam = Adam()
+    assert (adam.lr, adam.beta_1, adam.beta_2, adam.epsilon) == (0.001, 0.9, 0.999, 1e-7)
+    assert Momentum().momentum == 0.9
+
+
+def test_names_give_optimizers_with_default_settings() -> None:
+    assert isinstance(get_optimizer("sgd"), SGD)
+    assert isinstance(get_optimizer("momentum"), Momentum)
+    assert isinstance(get_optimizer("adam"), Adam)
+    custom = Adam(lr=0.1)
+    assert get_optimizer(custom) is custom
+    with pytest.raises(ValueError, match="adam"):
+        get_optimizer("rmsprop")
+
+
+@pytest.mark.parametrize("make", [lambda: SGD(0.1), lambda: Momentum(0.1), lambda: Adam(0.1)])
+def test_splitting_big_parameters_across_threads_changes_nothing(make) -> None:
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((700, 800)).astype(np.float32)  # big enough to be split
+    grads = [{"0.W": rng.standard_normal(w.shape).astype(np.float32)} for _ in range(3)]
+    results = []
+    for threads in (1, 3):
+        opt, params = make(), {"0.W": w.copy()}
+        opt.threads = threads
+        for g in grads:
+            opt.update(params, g)
+        results.append(params["0.W"])
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_saved_state_resumes_exactly() -> None:
+    rng = np.random.default_rng(1)
+    grads = [{"0.W": rng.standard_normal(3)} for _ in range(4)]
+    straight, params = Adam(0.1), one_param()
+    for g in grads:
+        straight.update(params, g)
+
+    first, resumed_params = Adam(0.1), one_param()
+    for g in grads[:2]:
+        first.update(resumed_params, g)
+    second = Adam(0.1)
+    second.set_state(first.get_state())
+    for g in grads[2:]:
+        second.update(resumed_params, g)
+    np.testing.assert_array_equal(resumed_params["0.W"], params["0.W"])
+    assert set(first.get_state()) == {"iterations", "m.0.W", "v.0.W"}
