@@ -1,0 +1,62 @@
+"""The from-scratch NumPy engine: layers, activations, losses, optimizers, Sequential.
+
+    from mnistlab.nn import Sequential, Dense, Flatten
+    model = Sequential([Flatten(input_shape=(28, 28)), Dense(1000, "relu"),
+                        Dense(10, "softmax")], seed=0)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x_train, y_train, epochs=1, batch_size=100)
+"""
+
+from __future__ import annotations
+
+from mnistlab.nn.activations import get_activation, sigmoid, softmax
+from mnistlab.nn.gradcheck import GradcheckReport, gradcheck
+from mnistlab.nn.layers import (
+    Activation,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    Layer,
+    MaxPooling2D,
+    layer_from_config,
+)
+from mnistlab.nn.losses import (
+    BinaryCrossentropySum,
+    CategoricalCrossentropy,
+    Loss,
+    MeanSquaredError,
+    accuracy,
+    get_loss,
+)
+from mnistlab.nn.model import Sequential, model_from_spec
+from mnistlab.nn.optimizers import SGD, Adam, Momentum, Optimizer, get_optimizer
+
+__all__ = [
+    "SGD",
+    "Activation",
+    "Adam",
+    "BinaryCrossentropySum",
+    "CategoricalCrossentropy",
+    "Conv2D",
+    "Dense",
+    "Dropout",
+    "Flatten",
+    "GradcheckReport",
+    "Layer",
+    "Loss",
+    "MaxPooling2D",
+    "MeanSquaredError",
+    "Momentum",
+    "Optimizer",
+    "Sequential",
+    "accuracy",
+    "get_activation",
+    "get_loss",
+    "get_optimizer",
+    "gradcheck",
+    "layer_from_config",
+    "model_from_spec",
+    "sigmoid",
+    "softmax",
+]
