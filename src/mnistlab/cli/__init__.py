@@ -14,6 +14,8 @@ from mnistlab.errors import MnistlabError
 COMMAND_MODULES = [
     "mnistlab.cli.data",
     "mnistlab.cli.recognize",
+    "mnistlab.cli.train",
+    "mnistlab.cli.evaluate",
     "mnistlab.cli.bench",
 ]
 

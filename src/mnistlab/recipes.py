@@ -1,0 +1,322 @@
+"""The classic experiments, reproducible by name.
+
+Each recipe is a short function that reads top to bottom like the course notes it comes
+from: load the data the way that course did, build the model, train it. What it returns is
+evaluated on the test set by the runner (`mnistlab.runner`), which also writes the run
+directory. Hyperparameters live in each recipe's ``defaults``; any of them can be
+overridden (``mnistlab train --recipe NAME --set lr=0.05``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnistlab.callbacks import StopAtAccuracy
+from mnistlab.datasets import load_data, one_hot, scale_to_range, scale_to_unit
+from mnistlab.errors import MnistlabError
+from mnistlab.nn import SGD, Adam, Conv2D, Dense, Dropout, Flatten, MaxPooling2D, Sequential
+
+Split = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
+class Context:
+    """What a recipe gets from the runner: its configuration, data access and the fit loop."""
+
+    config: dict[str, Any]
+    dataset: str = "mnist"
+    engine: str = "numpy"
+    device: str | None = None
+    callbacks: list[Any] = field(default_factory=list)
+    verbose: int = 1
+    model: Any = None  # the model being fit, so the runner can save it if training fails
+
+    def data(self, pixels: str = "unit", layout: str = "flat") -> tuple[Split, Split]:
+        """Train and test splits, pixels scaled as ``pixels`` ("unit" [0, 1], "raw" 0..255,
+        "0.01-1"), shaped "flat" (N, 784) or "image" (N, 1, 28, 28); ``limit`` and
+        ``test_limit`` in the config take the first N samples (for quick runs)."""
+        (x, y), (x_test, y_test) = load_data(self.dataset)
+        limit, test_limit = self.config.get("limit"), self.config.get("test_limit")
+        x, y = x[:limit], y[:limit]
+        x_test, y_test = x_test[:test_limit], y_test[:test_limit]
+        return (_inputs(x, pixels, layout), y), (_inputs(x_test, pixels, layout), y_test)
+
+    def on_engine(self, model: Sequential) -> Any:
+        """The model on the engine asked for (the NumPy model itself, or its torch twin)."""
+        if self.engine == "numpy":
+            return model
+        from mnistlab.engines.torch import to_torch
+
+        return to_torch(model, self.device or "auto")
+
+    def fit(self, model: Any, x: np.ndarray, y: np.ndarray, **options: Any) -> Any:
+        """``model.fit`` with the runner's callbacks and the recipe's epochs/batch/seed."""
+        options.setdefault("epochs", self.config["epochs"])
+        options.setdefault("batch_size", self.config.get("batch_size", 32))
+        options.setdefault("seed", self.config.get("seed"))
+        callbacks = [*options.pop("callbacks", []), *self.callbacks]
+        self.model = model
+        return model.fit(x, y, callbacks=callbacks, verbose=self.verbose, **options)
+
+
+@dataclass
+class Trained:
+    """A recipe's result: the model and what training recorded."""
+
+    model: Any
+    history: dict[str, Any] | None  # History.to_dict() form, or None (no training)
+    train_accuracy: float | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named experiment with its reference figure."""
+
+    name: str
+    title: str
+    reference: str  # the figure the course reports, in words
+    reference_accuracy: float
+    reference_metric: str  # "test_accuracy" or "train_accuracy"
+    defaults: dict[str, Any]
+    train: Callable[[Context], Trained]
+    datasets: tuple[str, ...] = ("mnist", "fashion-mnist")
+    engines: tuple[str, ...] = ("numpy", "torch")
+
+
+def _inputs(images: np.ndarray, pixels: str, layout: str) -> np.ndarray:
+    if pixels == "unit":
+        x = scale_to_unit(images)
+    elif pixels == "0.01-1":
+        x = scale_to_range(images)
+    elif pixels == "raw":
+        x = images.astype(np.float32)
+    else:
+        raise MnistlabError(f"unknown pixel scaling {pixels!r} (unit, raw or 0.01-1)")
+    return x.reshape(len(x), -1) if layout == "flat" else x.reshape(len(x), 1, 28, 28)
+
+
+def _history(history: Any) -> dict[str, Any] | None:
+    return history.to_dict() if history is not None else None
+
+
+# --------------------------------------------------------------------------- the recipes
+
+
+def pretrained_sigmoid(ctx: Context) -> Trained:
+    """The textbook's chapter 3: a 784-50-100-10 sigmoid net with pretrained weights."""
+    from mnistlab.legacy import import_weights
+
+    weights = Path(ctx.config["weights"]).expanduser()
+    if not weights.exists():
+        raise MnistlabError(
+            f"{weights}: pretrained weights not found; pass --set weights=PATH/sample_weight.pkl "
+            "or set MNISTLAB_SAMPLE_WEIGHT"
+        )
+    return Trained(ctx.on_engine(import_weights(weights)), history=None)
+
+
+def one_layer_sigmoid(ctx: Context) -> Trained:
+    """Ten sigmoid units on raw 0-255 pixels, W and b from U(-1, 1), full-batch gradient
+    descent, stopped as soon as training accuracy passes 80%. Raw pixels saturate the
+    sigmoids, so accuracy jumps around from epoch to epoch: the epoch is reported, not fixed."""
+    c = ctx.config
+    (x, y), _ = ctx.data(pixels="raw")
+    model = Sequential(
+        [Dense(10, "sigmoid", "uniform", "uniform", input_shape=(784,))],
+        seed=c["seed"], preprocess={"scale": "raw"}, name="one-layer-sigmoid",
+    )  # fmt: skip
+    model = ctx.on_engine(model)
+    model.compile(SGD(c["lr"]), c["loss"])
+    stop = StopAtAccuracy(c["stop_at_accuracy"])
+    history = ctx.fit(model, x, one_hot(y), batch_size=len(x), shuffle=False, callbacks=[stop])
+    train_accuracy = history.history["accuracy"][-1]
+    return Trained(model, _history(history), train_accuracy, {"stopped_epoch": stop.stopped_epoch})
+
+
+def softmax_regression(ctx: Context) -> Trained:
+    """Softmax regression, plain full-batch gradient descent. The course ran it on raw 0-255
+    pixels with N(0, 1) weights: the logits are huge and the cost jumps around, yet training
+    accuracy reaches about 0.91. ``--set pixels=unit`` shows the normalized variant."""
+    c = ctx.config
+    (x, y), _ = ctx.data(pixels=c["pixels"])
+    model = Sequential(
+        [Dense(10, "softmax", "normal", "normal", input_shape=(784,))],
+        seed=c["seed"], preprocess={"scale": c["pixels"]}, name="softmax-regression",
+    )  # fmt: skip
+    model = ctx.on_engine(model)
+    model.compile(SGD(c["lr"]), "categorical_crossentropy")
+    history = ctx.fit(model, x, y, batch_size=len(x), shuffle=False)
+    _, train_accuracy = model.evaluate(x, y)
+    return Trained(model, _history(history), train_accuracy)
+
+
+def numerical_30(ctx: Context) -> Trained:
+    """784-30-10 sigmoid net trained sample by sample with numerical derivatives (central
+    differences, delta 1e-4) instead of backprop, in the course's update order. The naive
+    loop takes about 18 hours an epoch; the fast one computes the same differences in about
+    a minute."""
+    from mnistlab.nn.numgrad import course_model, course_targets, train_numerical
+
+    c = ctx.config
+    (x, y), _ = ctx.data(pixels="0.01-1")
+    model = course_model(hidden=30, seed=c["seed"], dtype="float64")
+    steps = train_numerical(
+        model, x.astype(np.float64), course_targets(y), lr=c["lr"], epochs=c["epochs"],
+        method=c["method"], log_every=c["log_every"],
+    )  # fmt: skip
+    history = {
+        "history": {},
+        "epoch": [],
+        "steps": [[s, l] for s, l in zip(steps.steps, steps.loss, strict=True)],
+    }
+    return Trained(model, history)
+
+
+def backprop_30(ctx: Context) -> Trained:
+    """The same 784-30-10 net, loss and per-sample SGD as numerical-30, with backprop."""
+    from mnistlab.nn.numgrad import course_model, course_targets
+
+    c = ctx.config
+    (x, y), _ = ctx.data(pixels="0.01-1")
+    model = ctx.on_engine(course_model(hidden=30, seed=c["seed"], dtype="float64"))
+    model.compile(SGD(c["lr"]), "binary_crossentropy_sum")
+    history = ctx.fit(
+        model, x, course_targets(y), batch_size=1, shuffle=False, log_every=c["log_every"]
+    )
+    return Trained(model, _history(history))
+
+
+def keras_mlp(ctx: Context) -> Trained:
+    """Keras's MLP example: Dense(1000, relu) -> Dense(10, softmax), Adam, batch 100."""
+    c = ctx.config
+    (x, y), test = ctx.data(pixels="unit")
+    model = Sequential(
+        [Dense(1000, "relu", input_shape=(784,)), Dense(10, "softmax")],
+        seed=c["seed"], name="keras-mlp",
+    )  # fmt: skip
+    model = ctx.on_engine(model)
+    model.compile(Adam(c["lr"]), "sparse_categorical_crossentropy")
+    history = ctx.fit(model, x, y, validation_data=test)
+    return Trained(model, _history(history))
+
+
+def keras_cnn(ctx: Context) -> Trained:
+    """The course CNN: conv 5x5x32 - pool - conv 2x2x64 - pool - dropout .25 - dense 1000 -
+    dense 10, Adam."""
+    c = ctx.config
+    (x, y), test = ctx.data(pixels="unit", layout="image")
+    model = Sequential(
+        [
+            Conv2D(32, 5, padding="same", activation="relu", input_shape=(1, 28, 28)),
+            MaxPooling2D(2),
+            Conv2D(64, 2, padding="same", activation="relu"),
+            MaxPooling2D(2),
+            Dropout(0.25),
+            Flatten(),
+            Dense(1000, "relu"),
+            Dense(10, "softmax"),
+        ],
+        seed=c["seed"],
+        name="keras-cnn",
+    )
+    model = ctx.on_engine(model)
+    model.compile(Adam(c["lr"]), "sparse_categorical_crossentropy")
+    history = ctx.fit(model, x, y, validation_data=test)
+    return Trained(model, _history(history))
+
+
+def _sample_weight_default() -> str:
+    return os.environ.get("MNISTLAB_SAMPLE_WEIGHT", "sample_weight.pkl")
+
+
+RECIPES: dict[str, Recipe] = {
+    recipe.name: recipe
+    for recipe in [
+        Recipe(
+            "pretrained-sigmoid", "Textbook pretrained 784-50-100-10 sigmoid net",
+            "0.9352 test accuracy", 0.9352, "test_accuracy",
+            {"weights": _sample_weight_default()}, pretrained_sigmoid, datasets=("mnist",),
+        ),
+        Recipe(
+            "one-layer-sigmoid", "One-layer sigmoid classifier, raw pixels, full-batch GD",
+            "0.8147 train accuracy at epoch 32", 0.8147, "train_accuracy",
+            {"epochs": 200, "lr": 0.1, "loss": "mse", "stop_at_accuracy": 0.80, "seed": 0},
+            one_layer_sigmoid, datasets=("mnist",),
+        ),
+        Recipe(
+            "softmax-regression", "Softmax regression, full-batch GD on raw pixels",
+            "0.9092 train accuracy", 0.9092, "train_accuracy",
+            {"epochs": 1000, "lr": 0.01, "pixels": "raw", "seed": 0}, softmax_regression,
+        ),
+        Recipe(
+            "numerical-30", "784-30-10 sigmoid net, numerical-derivative SGD",
+            "0.924 test accuracy after 1 epoch", 0.924, "test_accuracy",
+            {"epochs": 1, "lr": 0.01, "method": "fast", "log_every": 200, "seed": 0},
+            numerical_30, engines=("numpy",),
+        ),
+        Recipe(
+            "backprop-30", "784-30-10 sigmoid net, backprop SGD (compare numerical-30)",
+            "0.920-0.923 test accuracy after 1 epoch", 0.92, "test_accuracy",
+            {"epochs": 1, "lr": 0.01, "log_every": 200, "seed": 0}, backprop_30,
+        ),
+        Recipe(
+            "keras-mlp", "Keras MLP 784-1000(relu)-10, Adam, batch 100",
+            "0.9811 test accuracy after 10 epochs", 0.9811, "test_accuracy",
+            {"epochs": 10, "batch_size": 100, "lr": 0.001, "seed": 0}, keras_mlp,
+        ),
+        Recipe(
+            "keras-cnn", "Course CNN conv32-pool-conv64-pool-dropout-dense1000-dense10, Adam",
+            "0.9904 test accuracy after 5 epochs", 0.9904, "test_accuracy",
+            {"epochs": 5, "batch_size": 100, "lr": 0.001, "seed": 0}, keras_cnn,
+        ),
+    ]
+}  # fmt: skip
+
+
+def get_recipe(name: str) -> Recipe:
+    """A recipe by name, with a clear error listing the known ones."""
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise MnistlabError(
+            f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)}"
+        ) from None
+
+
+def resolve_config(recipe: Recipe, overrides: dict[str, str]) -> dict[str, Any]:
+    """The recipe's defaults with ``overrides`` (strings from the command line) applied, each
+    parsed to the type of the default it replaces."""
+    config = dict(recipe.defaults)
+    for key, text in overrides.items():
+        if key in ("limit", "test_limit"):
+            config[key] = _parse(key, text, 0)
+        elif key in config:
+            config[key] = _parse(key, text, config[key])
+        else:
+            known = ", ".join([*config, "limit", "test_limit"])
+            raise MnistlabError(f"recipe {recipe.name} has no setting {key!r}; settings: {known}")
+    return config
+
+
+def _parse(key: str, text: str, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError:
+        raise MnistlabError(
+            f"setting {key}={text!r}: expected {type(default).__name__}, like {default!r}"
+        ) from None
+    return text
