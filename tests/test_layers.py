@@ -317,3 +317,24 @@ def test_layer_from_config_names_what_is_wrong() -> None:
         layer_from_config({"type": "Dense", "units": 3, "colour": "red"})
     with pytest.raises(ValueError, match="type"):
         layer_from_config({"units": 3})
+
+
+# --- initializers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "check"), [
+    ("glorot_uniform", lambda w: np.abs(w).max() <= np.sqrt(6 / (400 + 300))),
+    ("he_normal", lambda w: abs(w.std() - np.sqrt(2 / 400)) < 0.05 * np.sqrt(2 / 400)
+     and np.abs(w).max() <= 2 * np.sqrt(2 / 400) / 0.87962566103423978),
+    ("xavier", lambda w: abs(w.std() - 1 / np.sqrt(400)) < 0.02 / np.sqrt(400)),
+    ("uniform", lambda w: -1 <= w.min() < -0.99 and 0.99 < w.max() <= 1),
+    ("normal", lambda w: abs(w.std() - 1) < 0.02 and abs(w.mean()) < 0.02),
+])
+def test_kernel_initializers_draw_what_their_names_say(name, check) -> None:
+    w = built(Dense(300, kernel_initializer=name), (400,)).params["W"]
+    assert check(w)
+
+
+def test_the_course_draws_biases_from_a_normal_when_asked() -> None:
+    b = built(Dense(1000, bias_initializer="normal"), (10,)).params["b"]
+    assert abs(b.std() - 1) < 0.1

@@ -122,6 +122,11 @@ def _format(logs: dict[str, float]) -> str:
     return " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
 
 
+def _per_step(seconds: float, steps: int) -> str:
+    each = seconds / max(steps, 1)
+    return f"{each * 1e6:.0f}us/step" if each < 1e-3 else f"{each * 1e3:.0f}ms/step"
+
+
 class _Progress:
     """Keras-like report: a live rich bar on a terminal, else one plain line per epoch."""
 
@@ -150,10 +155,10 @@ class _Progress:
             self.task = self.bar.add_task(f"Epoch {epoch + 1}/{self.epochs}", total=self.steps,
                                           info="")
         self.bar.update(self.task, completed=done,
-                        info=f"{1000 * elapsed / done:.0f}ms/step - {_format(logs)}")
+                        info=f"{_per_step(elapsed, done)} - {_format(logs)}")
 
     def epoch_end(self, epoch: int, done: int, logs: dict[str, float], elapsed: float) -> None:
-        timing = f"{elapsed:.1f}s - {1000 * elapsed / max(done, 1):.0f}ms/step - {_format(logs)}"
+        timing = f"{elapsed:.1f}s - {_per_step(elapsed, done)} - {_format(logs)}"
         if self.bar is not None and self.task is not None:
             self.bar.update(self.task, info=timing)
             self.task = None

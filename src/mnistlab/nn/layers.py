@@ -3,7 +3,7 @@
 Conventions (docs/CONTRACTS.md): images are NCHW; Dense.W is (in, out); Conv2D.W is
 (out_channels, in_channels, kh, kw). ``forward`` caches on ``self`` what ``backward``
 needs; ``backward(dy)`` writes ``self.grads`` and returns dL/dx. Neither mutates its
-argument. Shapes in comments leave out nothing: N is the batch size.
+argument. Shape comments include the batch axis N.
 
 Layers with an activation (Dense, Conv2D, Activation) split into a linear part
 (``linear_forward``/``linear_backward``) and the activation, so the model can hand
@@ -154,7 +154,9 @@ def pad2d(x: np.ndarray, pads: tuple[int, int, int, int], value: float = 0.0) ->
     return out
 
 
-def window_slices(i: int, j: int, stride: tuple[int, int], out_hw: tuple[int, int]):
+def window_slices(
+    i: int, j: int, stride: tuple[int, int], out_hw: tuple[int, int]
+) -> tuple[slice, ...]:
     """Index picking, for window offset (i, j), the input pixel of every output position."""
     (sh, sw), (oh, ow) = stride, out_hw
     return (slice(None), slice(None), slice(i, i + sh * (oh - 1) + 1, sh),

@@ -66,6 +66,8 @@ class Sequential:
         if shape is None:
             raise ValueError("unknown input shape: pass input_shape= to the first layer, "
                              "to Sequential, or to build()")
+        if shape[0] is None:  # Keras style, with the batch axis: (None, 784)
+            shape = shape[1:]
         if seed is not None:
             self.seed = seed
         rng = np.random.default_rng(self.seed)
