@@ -99,9 +99,13 @@ class Resume:
 def save_checkpoint(path: str | os.PathLike[str], model: Any, state: dict) -> None:
     """Weights, optimizer state and training progress of ``model`` into one file."""
     tensors = {f"weights/{k}": np.ascontiguousarray(v) for k, v in model.get_weights().items()}
+    scalars = {}  # 0-d state (e.g. Adam's step count) goes in the metadata, exactly
     if model.optimizer is not None:
         for key, value in model.optimizer.get_state().items():
-            tensors[f"optimizer/{key}"] = np.ascontiguousarray(value)
+            if np.ndim(value) == 0:
+                scalars[key] = np.asarray(value).item()
+            else:
+                tensors[f"optimizer/{key}"] = np.ascontiguousarray(value)
     history = state.get("history")
     meta = {
         "format": CHECKPOINT_FORMAT,
@@ -109,6 +113,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: Any, state: dict) -> No
         "global_step": int(state["global_step"]),
         "history": history.to_dict() if history is not None else None,
         "dropout_rng": _dropout_states(model),
+        "optimizer_scalars": scalars,
     }
     payload = save_safetensors(tensors, metadata={"mnistlab.checkpoint": json.dumps(meta)})
     atomic_write_bytes(path, payload)
@@ -125,6 +130,8 @@ def restore_checkpoint(path: str | os.PathLike[str], model: Any, state: dict) ->
     except ValueError as error:
         raise ModelFileError(f"{path}: checkpoint does not fit this model: {error}") from error
     optimizer_state = _with_prefix(tensors, "optimizer/")
+    for key, value in (meta.get("optimizer_scalars") or {}).items():
+        optimizer_state[key] = np.array(value)
     if optimizer_state and model.optimizer is not None:
         model.optimizer.set_state(optimizer_state)
     for index, rng_state in (meta.get("dropout_rng") or {}).items():

@@ -116,13 +116,15 @@ def _run(run_dir: Path, *, resume: bool, verbose: int) -> RunResult:
         trained = recipe.train(context)
     except KeyboardInterrupt:
         _write_status(run_dir, "interrupted")
-        hint = f"mnistlab train --resume {run_dir}"
-        has_checkpoint = (run_dir / CHECKPOINT).exists()
-        raise MnistlabError(
-            "interrupted; "
-            + (f"the last epoch's checkpoint is saved: resume with `{hint}`"
-               if has_checkpoint else "no epoch had finished, so there is nothing to resume")
-        ) from None  # fmt: skip
+        if (run_dir / CHECKPOINT).exists():
+            print(
+                f"\nmnistlab: interrupted; the last finished epoch is checkpointed in "
+                f"{run_dir / CHECKPOINT}: continue with `mnistlab train --resume {run_dir}`",
+                file=sys.stderr,
+            )
+        else:
+            print("\nmnistlab: interrupted before the first epoch ended", file=sys.stderr)
+        raise
     except TrainingDivergedError as error:
         _write_status(run_dir, "diverged", str(error))
         if context.model is not None:  # fit stops before applying a non-finite step

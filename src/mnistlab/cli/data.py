@@ -84,12 +84,13 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
+
+    from mnistlab.cli.output import console as make_console
 
     dataset = get_dataset(args.dataset)
     infos = dataset_info(args.dataset)
-    console = Console()
+    console = make_console()
     console.print(f"[bold]{dataset.name}[/bold]: {dataset.citation}")
     for info in infos:
         console.print(

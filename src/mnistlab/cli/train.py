@@ -58,9 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
+    from mnistlab.cli.output import console
     from mnistlab.recipes import RECIPES
 
     table = Table(title="mnistlab recipes")
@@ -69,7 +69,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     for recipe in RECIPES.values():
         settings = ", ".join(f"{k}={v}" for k, v in recipe.defaults.items())
         table.add_row(recipe.name, recipe.title, recipe.reference, settings)
-    Console().print(table)
+    console().print(table)
     return 0
 
 
@@ -108,9 +108,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
+    from mnistlab.cli.output import console
     from mnistlab.plots import compare_curves
     from mnistlab.runner import train_recipe
 
@@ -150,7 +150,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         )
         if history:
             curves[run_dir.name] = history
-    Console().print(table)
+    console().print(table)
     if curves:
         path = compare_curves(curves, args.out / "compare_curves.png")
         print(f"curves: {path}")
