@@ -37,8 +37,8 @@ class History:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe copy (for history.json)."""
-        steps = [list(s) for s in self.steps]
-        return {"history": self.history, "epoch": self.epoch, "steps": steps}
+        return {"history": {k: list(v) for k, v in self.history.items()},
+                "epoch": list(self.epoch), "steps": [list(s) for s in self.steps]}
 
 
 def epoch_order(n: int, epoch: int, shuffle: bool, seed: int | None) -> np.ndarray | None:

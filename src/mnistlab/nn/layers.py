@@ -164,10 +164,11 @@ def window_slices(
 
 
 class Conv2D(Layer):
-    """2-D convolution (cross-correlation, as Keras/PyTorch) by im2col + one batched matmul.
+    """2-D convolution (cross-correlation, as Keras/PyTorch) by im2col and one matmul.
 
-    x (N, C, H, W) -> cols (N, C*kh*kw, OH*OW) -> z = W2 @ cols (N, F, OH*OW) -> (N, F, OH, OW)
-    with W2 = W.reshape(F, C*kh*kw), W (F, C, kh, kw), b (F,).
+    x (N, C, H, W) -> cols (C*kh*kw, N*OH*OW) -> z = W2 @ cols (F, N*OH*OW) -> (N, F, OH, OW)
+    with W2 = W.reshape(F, C*kh*kw), W (F, C, kh, kw), b (F,). One large matmul per step
+    (not one per image) keeps BLAS threads busy and in step with each other.
     """
 
     def __init__(
@@ -214,37 +215,40 @@ class Conv2D(Layer):
         return self.linear_backward(self.activation.backward(dy))
 
     def linear_forward(self, x: np.ndarray) -> np.ndarray:
-        n, c = x.shape[:2]
+        n, c, h, w = x.shape
         (kh, kw), (oh, ow), f = self.kernel_size, self.out_hw, self.filters
-        xp = pad2d(x, self.pads)  # (N, C, H + pads, W + pads)
-        self.padded_shape = xp.shape
-        cols = np.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)  # im2col
+        top, bottom, left, right = self.pads
+        # Channels first, then images, zero-padded: (C, N, H + pads, W + pads). In this
+        # order every im2col copy below moves whole contiguous blocks.
+        xp = np.zeros((c, n, h + top + bottom, w + left + right), dtype=x.dtype)
+        xp[:, :, top : top + h, left : left + w] = x.transpose(1, 0, 2, 3)
+        cols = np.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)  # im2col
         for i in range(kh):
-            for j in range(kw):
-                cols[:, :, i, j] = xp[window_slices(i, j, self.strides, self.out_hw)]
-        self.cols = cols.reshape(n, c * kh * kw, oh * ow)  # kept for dW
-        z = np.matmul(self.params["W"].reshape(f, -1), self.cols)  # (N, F, OH*OW)
-        z += self.params["b"][:, None]
-        return z.reshape(n, f, oh, ow)
+            for j in range(kw):  # cols[c, i, j, n, r, s] = xp[c, n, r*sh + i, s*sw + j]
+                cols[:, i, j] = xp[window_slices(i, j, self.strides, self.out_hw)]
+        self.padded_shape = xp.shape
+        self.cols = cols.reshape(c * kh * kw, n * oh * ow)  # kept for dW
+        z = self.params["W"].reshape(f, -1) @ self.cols  # (F, N*OH*OW): one matmul for all
+        out = np.empty((n, f, oh * ow), dtype=z.dtype)  # back to NCHW, adding b on the way
+        np.add(z.reshape(f, n, oh * ow).transpose(1, 0, 2), self.params["b"][:, None], out=out)
+        return out.reshape(n, f, oh, ow)
 
     def linear_backward(self, dz: np.ndarray) -> np.ndarray | None:
         n, (kh, kw), (oh, ow), f = len(dz), self.kernel_size, self.out_hw, self.filters
-        dz = dz.reshape(n, f, oh * ow)
+        dz2 = dz.reshape(n, f, oh * ow).transpose(1, 0, 2).reshape(f, -1)  # (F, N*OH*OW) copy
         w2 = self.params["W"].reshape(f, -1)  # (F, C*kh*kw)
-        # dW = sum_n dz[n] @ cols[n]^T: (F, C*kh*kw);  db = sum over n and positions
-        np.sum(np.matmul(dz, self.cols.transpose(0, 2, 1)), axis=0,
-               out=self.grads["W"].reshape(f, -1))
-        np.sum(dz, axis=(0, 2), out=self.grads["b"])
+        np.matmul(dz2, self.cols.T, out=self.grads["W"].reshape(f, -1))  # dW = dz2 cols^T
+        np.sum(dz2, axis=1, out=self.grads["b"])  # db: sum over images and positions
         if not self.needs_input_grad:
             return None
-        dcols = np.matmul(w2.T, dz).reshape(n, -1, kh, kw, oh, ow)  # (N, C, kh, kw, OH, OW)
+        dcols = (w2.T @ dz2).reshape(-1, kh, kw, n, oh, ow)  # (C, kh, kw, N, OH, OW)
         dxp = np.zeros(self.padded_shape, dtype=dz.dtype)  # col2im: add each offset back
         for i in range(kh):
             for j in range(kw):
-                dxp[window_slices(i, j, self.strides, self.out_hw)] += dcols[:, :, i, j]
+                dxp[window_slices(i, j, self.strides, self.out_hw)] += dcols[:, i, j]
         top, _, left, _ = self.pads
         h, w = self.input_shape[1:]
-        return dxp[:, :, top : top + h, left : left + w]
+        return np.ascontiguousarray(dxp[:, :, top : top + h, left : left + w].transpose(1, 0, 2, 3))
 
     def get_config(self) -> dict:
         return {"type": "Conv2D", "filters": self.filters, "kernel_size": list(self.kernel_size),
