@@ -13,6 +13,9 @@ _LAZY = {
     "Sequential": "mnistlab.nn.model",
     "load_model": "mnistlab.io",
     "save_model": "mnistlab.io",
+    "import_weights": "mnistlab.legacy",
+    "load_mnist": "mnistlab.datasets",
+    "load_data": "mnistlab.datasets",
 }
 
 __all__ = ["__version__", *_LAZY]
