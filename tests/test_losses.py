@@ -82,6 +82,15 @@ def test_binary_cross_entropy_sum_is_the_course_formula_and_its_exact_gradient()
     assert loss.reduction == "sum"
 
 
+def test_summed_bce_after_a_sigmoid_has_the_course_gradient_y_minus_t() -> None:
+    t = one_hot(LABELS, 4, "float64")
+    loss = BinaryCrossentropySum()
+    value = loss.forward_logits(Z, t)
+    y = 1 / (1 + np.exp(-Z))
+    assert value == pytest.approx(BinaryCrossentropySum().forward(y, t))
+    np.testing.assert_allclose(loss.backward_logits(), y - t)
+
+
 def test_mse_is_the_mean_over_all_elements_like_keras() -> None:
     y, t = Z, one_hot(LABELS, 4, "float64")
     loss = MeanSquaredError()

@@ -207,14 +207,35 @@ def test_softmax_with_cross_entropy_uses_the_fused_gradient() -> None:
         assert model.fused
     model.compile("sgd", "mse")
     assert not model.fused
+    sigmoid_out = Sequential([Dense(3, "sigmoid")], input_shape=(2,))
+    sigmoid_out.compile("sgd", "binary_crossentropy_sum")
+    assert sigmoid_out.fused
 
 
-def test_a_diverging_run_stops_with_the_epoch_and_step() -> None:
+def test_a_diverging_run_stops_with_the_epoch_and_step_and_keeps_good_weights() -> None:
     x, y = blobs(40)
     model = Sequential([Dense(3, "softmax", input_shape=(2,))], seed=0)
     model.compile(SGD(lr=1e30), "categorical_crossentropy")
-    with np.errstate(all="ignore"), pytest.raises(TrainingDivergedError, match="epoch 1, step"):
+    before = model.get_weights()
+    with np.errstate(all="ignore"), pytest.raises(TrainingDivergedError, match="epoch 1, step 1"):
         model.fit(x * 1e10, y, epochs=3, batch_size=8, verbose=0)
+    after = model.get_weights()  # the infinite step was refused, not applied
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_saturated_sigmoids_still_learn_with_the_course_loss() -> None:
+    # Inputs ~100x too large (like raw 0-255 pixels) saturate every sigmoid: the exact
+    # derivative y(1 - y) is 0, so mse cannot move; the course's loss fused with the
+    # sigmoid has gradient y - t w.r.t. the logits and learns anyway.
+    x, y = blobs()
+    results = {}
+    for loss in ("binary_crossentropy_sum", "mse"):
+        model = Sequential([Dense(3, "sigmoid", "uniform", "uniform", input_shape=(2,))], seed=0)
+        model.compile(SGD(lr=0.001), loss)
+        history = model.fit(100 * x, np.eye(3)[y], epochs=10, batch_size=len(x), verbose=0)
+        results[loss] = history.history["accuracy"][-1]
+    assert results["binary_crossentropy_sum"] > 0.95
+    assert results["mse"] < 0.7
 
 
 def test_evaluate_gives_a_tuple_or_a_dict() -> None:

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from mnistlab.errors import TrainingDivergedError
 from mnistlab.nn import SGD, Adam, Momentum, get_optimizer
 
 
@@ -108,3 +109,13 @@ def test_saved_state_resumes_exactly() -> None:
         second.update(resumed_params, g)
     np.testing.assert_array_equal(resumed_params["0.W"], params["0.W"])
     assert set(first.get_state()) == {"iterations", "m.0.W", "v.0.W"}
+
+
+@pytest.mark.parametrize("make", [lambda: SGD(0.1), lambda: Momentum(0.1), lambda: Adam(0.1)])
+def test_a_non_finite_update_is_refused_and_changes_no_weight(make) -> None:
+    params = {"0.W": np.ones(3), "0.b": np.ones(2)}
+    grads = {"0.W": np.array([1.0, 2.0, 3.0]), "0.b": np.array([np.inf, 0.0])}
+    with np.errstate(invalid="ignore"), pytest.raises(TrainingDivergedError, match="unchanged"):
+        make().update(params, grads)
+    np.testing.assert_array_equal(params["0.W"], 1.0)  # not even the finite one moved
+    np.testing.assert_array_equal(params["0.b"], 1.0)

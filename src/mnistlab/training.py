@@ -79,11 +79,14 @@ def fit(model: Any, x: np.ndarray, y: np.ndarray, *, epochs: int = 1, batch_size
                     # mode="clip" (indices are valid anyway) lets take write straight into out
                     xb = np.take(x, idx, axis=0, out=x_batch[: len(idx)], mode="clip")
                     yb = y[idx]
-                loss, acc = model.train_step(xb, yb)
                 step, batches, seen = step + 1, batches + 1, seen + len(xb)
-                if not math.isfinite(loss):
-                    raise TrainingDivergedError(f"loss became {loss} at epoch {epoch + 1}, "
-                                                f"step {step}")
+                try:  # train_step refuses non-finite updates; other engines may not
+                    loss, acc = model.train_step(xb, yb)
+                    if not math.isfinite(loss):
+                        raise TrainingDivergedError(f"loss became {loss}")
+                except TrainingDivergedError as error:
+                    where = f"epoch {epoch + 1}, step {step}"
+                    raise TrainingDivergedError(f"{error} ({where})") from None
                 loss_sum += loss if summed else loss * len(xb)
                 correct += acc * len(xb)
                 window.append(loss)

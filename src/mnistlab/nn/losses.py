@@ -6,13 +6,15 @@ rows of shape (N, K); each loss accepts both.
 Cross-entropy after a softmax is computed from the logits z instead of the
 probabilities (``forward_logits`` / ``backward_logits``): log-softmax via
 log-sum-exp never takes log(0), and the gradient w.r.t. z is exactly (y - t) / N.
-The model uses that fused path whenever its output activation is
-``fused_activation``.
+The summed binary cross-entropy fuses with a sigmoid the same way. The model uses
+the fused path whenever its output activation is the loss's ``fused_activation``.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from mnistlab.nn.activations import sigmoid
 
 EPS = 1e-7  # the course's guard inside log(y + 1e-7)
 
@@ -110,11 +112,15 @@ class BinaryCrossentropySum(Loss):
     """The course's summed loss: L = -sum(t log(y + 1e-7) + (1 - t) log(1 - y + 1e-7)).
 
     Summed over samples and outputs (no mean), as the course's full-batch sigmoid
-    classifier does; its gradient below is exact for that formula.
+    classifier does. After a sigmoid the model uses the fused gradient w.r.t. the logits,
+    dL/dz = y - t, as the course does: unlike the exact gradient of the guarded formula,
+    it does not vanish when raw pixels saturate the sigmoids (the two differ by a relative
+    1e-7 / min(y, 1 - y) elsewhere). Without a sigmoid before it, ``backward`` is exact.
     """
 
     name = "binary_crossentropy_sum"
     reduction = "sum"
+    fused_activation = "sigmoid"
 
     def forward(self, y: np.ndarray, t: np.ndarray) -> float:
         self.y, self.t = y, as_targets(t, y)
@@ -124,6 +130,14 @@ class BinaryCrossentropySum(Loss):
     def backward(self) -> np.ndarray:
         y, t = self.y, self.t
         return (1 - t) / (1 - y + EPS) - t / (y + EPS)
+
+    def forward_logits(self, z: np.ndarray, t: np.ndarray) -> float:
+        """The loss of y = sigmoid(z), as the course prints it; caches y."""
+        return self.forward(sigmoid(z), t)
+
+    def backward_logits(self) -> np.ndarray:
+        """dL/dz = y - t (summed loss: no division by N)."""
+        return self.y - self.t
 
 
 class MeanSquaredError(Loss):

@@ -14,9 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from mnistlab.errors import TrainingDivergedError
 from mnistlab.nn.layers import Conv2D, Layer, layer_from_config
 from mnistlab.nn.losses import Loss, accuracy, get_loss
 from mnistlab.nn.optimizers import Optimizer, get_optimizer
+from mnistlab.training import History, fit
 
 SPEC_FORMAT, SPEC_VERSION = "mnistlab.model", 1
 DTYPES = ("float32", "float64")
@@ -166,8 +168,13 @@ class Sequential:
         return loss, {name: g.copy() for name, g in self.named_grads().items()}
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-        """One forward, backward and optimizer update on a batch: (loss, accuracy)."""
+        """One forward, backward and optimizer update on a batch: (loss, accuracy).
+
+        Never applies a non-finite step: a NaN/infinite loss or update raises
+        TrainingDivergedError and leaves the weights as they were."""
         loss, out = self._forward_loss(self.prepare_input(x), y, training=True)
+        if not math.isfinite(loss):
+            raise TrainingDivergedError(f"loss became {loss}; the weights were left unchanged")
         acc = accuracy(out, y)
         self._backward()
         self.optimizer.update(self.named_params(), self.named_grads())
@@ -177,10 +184,8 @@ class Sequential:
     def fit(self, x: np.ndarray, y: np.ndarray, epochs: int = 1, batch_size: int = 32,
             validation_data: tuple[np.ndarray, np.ndarray] | None = None, shuffle: bool = True,
             seed: int | None = None, verbose: int = 1, callbacks: Sequence[Any] | None = None,
-            log_every: int = 1) -> Any:
-        """Train; returns a ``training.History`` (see ``mnistlab.training.fit``)."""
-        from mnistlab.training import fit
-
+            log_every: int = 1) -> History:
+        """Train; see ``mnistlab.training.fit``."""
         return fit(self, x, y, epochs=epochs, batch_size=batch_size,
                    validation_data=validation_data, shuffle=shuffle, seed=seed,
                    verbose=verbose, callbacks=callbacks, log_every=log_every)

@@ -5,18 +5,24 @@ per-parameter state (velocity, moments) is keyed the same way, so it survives
 as long as the names do. A preallocated scratch array per parameter keeps the
 update free of temporaries, which matters for the 3M-parameter CNN.
 
-Each rule is written once, in ``update_one``, for whole arrays. Large parameters are
-cut into contiguous pieces that ``threads`` threads update at once (NumPy releases the
-GIL inside ufuncs), as PyTorch spreads its elementwise kernels over its threads.
+Each rule is written once, in ``step``: the amount to subtract from a parameter.
+``update`` computes every step first and applies them only if all are finite, so a
+diverging run keeps its last good weights. Large parameters are cut into contiguous
+pieces that ``threads`` threads handle at once (NumPy releases the GIL inside ufuncs),
+as PyTorch spreads its elementwise kernels over its threads.
 """
 
 from __future__ import annotations
 
 import contextvars
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
+
+from mnistlab.errors import TrainingDivergedError
 
 MIN_PIECE = 1 << 17  # elements; a smaller piece is not worth a thread hand-off
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -50,6 +56,8 @@ class Optimizer:
         self.threads = default_threads()
 
     def update(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+        """Apply one step to every parameter, or to none: TrainingDivergedError if any step
+        has a NaN or an infinity (the optimizer's own state is then not to be trusted)."""
         self.iterations += 1
         pieces = []  # (p, g, state): whole arrays, or equal slices of the big ones
         for name, p in params.items():
@@ -63,16 +71,25 @@ class Optimizer:
                 s = slice(k * p.size // n, (k + 1) * p.size // n)
                 p_s, g_s, *rest = (a[s] for a in arrays)
                 pieces.append((p_s, g_s, dict(zip(state, rest, strict=True))))
-        if len(pieces) > len(params):  # something was split: hand the pieces to threads
-            # each runs in a copy of our context, so np.errstate settings apply there too
-            contexts = [contextvars.copy_context() for _ in pieces]
-            list(_pool(self.threads).map(lambda ctx, piece: ctx.run(self.update_one, *piece),
-                                         contexts, pieces))
-        else:
-            for piece in pieces:
-                self.update_one(*piece)
+        if not all(self._run(self._finite_step, pieces)):
+            raise TrainingDivergedError("the update has NaN or infinite values; "
+                                        "the weights were left unchanged")
+        self._run(lambda p, g, state: np.subtract(p, state["scratch"], out=p), pieces)
 
-    def update_one(self, p: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> None:
+    def _finite_step(self, p: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> bool:
+        step = self.step(g, state)
+        return bool(np.isfinite(step.sum()))  # one NaN or inf makes the sum NaN or inf
+
+    def _run(self, fn: Callable[..., Any], pieces: list[tuple]) -> list[Any]:
+        if self.threads < 2 or len(pieces) < 2:
+            return [fn(*piece) for piece in pieces]
+        # each piece runs in a copy of our context, so np.errstate settings apply there too
+        contexts = [contextvars.copy_context() for _ in pieces]
+        return list(_pool(self.threads).map(lambda ctx, piece: ctx.run(fn, *piece),
+                                            contexts, pieces))
+
+    def step(self, g: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
+        """The amount to subtract from the parameter, written into ``state["scratch"]``."""
         raise NotImplementedError
 
     def slots(self) -> tuple[str, ...]:
@@ -116,9 +133,8 @@ class SGD(Optimizer):
     def __init__(self, lr: float = 0.01) -> None:
         super().__init__(lr)
 
-    def update_one(self, p: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> None:
-        step = np.multiply(g, self.lr, out=state["scratch"])
-        p -= step
+    def step(self, g: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
+        return np.multiply(g, self.lr, out=state["scratch"])
 
 
 class Momentum(Optimizer):
@@ -133,11 +149,11 @@ class Momentum(Optimizer):
     def slots(self) -> tuple[str, ...]:
         return ("v",)
 
-    def update_one(self, p: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> None:
+    def step(self, g: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
         v = state["v"]
         v *= self.momentum
         v -= np.multiply(g, self.lr, out=state["scratch"])
-        p += v
+        return np.negative(v, out=state["scratch"])  # p += v
 
     def get_config(self) -> dict:
         return {**super().get_config(), "momentum": self.momentum}
@@ -170,7 +186,7 @@ class Adam(Optimizer):
         self.alpha = self.lr * np.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
         super().update(params, grads)
 
-    def update_one(self, p: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> None:
+    def step(self, g: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
         m, v, tmp = state["m"], state["v"], state["scratch"]
         m *= self.beta_1  # m = b1 m + (1 - b1) g
         m += np.multiply(g, 1 - self.beta_1, out=tmp)
@@ -182,7 +198,7 @@ class Adam(Optimizer):
         tmp += self.epsilon
         np.divide(m, tmp, out=tmp)
         tmp *= self.alpha
-        p -= tmp
+        return tmp
 
     def get_config(self) -> dict:
         return {
