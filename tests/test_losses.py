@@ -11,6 +11,7 @@ from mnistlab.nn.losses import (
     BinaryCrossentropySum,
     CategoricalCrossentropy,
     MeanSquaredError,
+    SigmoidCrossentropySum,
     one_hot,
 )
 
@@ -82,13 +83,13 @@ def test_binary_cross_entropy_sum_is_the_course_formula_and_its_exact_gradient()
     assert loss.reduction == "sum"
 
 
-def test_summed_bce_after_a_sigmoid_has_the_course_gradient_y_minus_t() -> None:
+def test_sigmoid_crossentropy_sum_is_the_same_value_with_the_course_gradient() -> None:
     t = one_hot(LABELS, 4, "float64")
-    loss = BinaryCrossentropySum()
-    value = loss.forward_logits(Z, t)
     y = 1 / (1 + np.exp(-Z))
-    assert value == pytest.approx(BinaryCrossentropySum().forward(y, t))
-    np.testing.assert_allclose(loss.backward_logits(), y - t)
+    loss = SigmoidCrossentropySum()
+    assert loss.forward(y, t) == BinaryCrossentropySum().forward(y, t)
+    np.testing.assert_allclose(loss.backward_logits(), y - t)  # w.r.t. the logits
+    assert loss.gradient_activation == "sigmoid" and loss.fused_activation is None
 
 
 def test_mse_is_the_mean_over_all_elements_like_keras() -> None:
@@ -108,7 +109,8 @@ def test_accuracy_counts_argmax_matches_for_integer_and_one_hot_labels() -> None
 def test_losses_are_found_by_their_compile_names() -> None:
     assert isinstance(get_loss("categorical_crossentropy"), CategoricalCrossentropy)
     assert isinstance(get_loss("sparse_categorical_crossentropy"), CategoricalCrossentropy)
-    assert isinstance(get_loss("binary_crossentropy_sum"), BinaryCrossentropySum)
+    assert type(get_loss("binary_crossentropy_sum")) is BinaryCrossentropySum
+    assert isinstance(get_loss("sigmoid_crossentropy_sum"), SigmoidCrossentropySum)
     assert isinstance(get_loss("mse"), MeanSquaredError)
     with pytest.raises(ValueError, match="mse"):
         get_loss("hinge")

@@ -155,7 +155,7 @@ def test_a_small_cnn_learns_where_the_square_is() -> None:
 def test_sgd_on_one_hot_labels_with_the_course_loss_learns_too() -> None:
     x, y = blobs()
     model = Sequential([Dense(3, "sigmoid", input_shape=(2,))], seed=0, dtype="float64")
-    model.compile(SGD(lr=0.01), "binary_crossentropy_sum")
+    model.compile(SGD(lr=0.01), "sigmoid_crossentropy_sum")
     history = model.fit(x, np.eye(3)[y], epochs=20, batch_size=len(x), verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert history.history["accuracy"][-1] > 0.9
@@ -208,8 +208,10 @@ def test_softmax_with_cross_entropy_uses_the_fused_gradient() -> None:
     model.compile("sgd", "mse")
     assert not model.fused
     sigmoid_out = Sequential([Dense(3, "sigmoid")], input_shape=(2,))
+    sigmoid_out.compile("sgd", "sigmoid_crossentropy_sum")
+    assert sigmoid_out.gradient_from_logits and not sigmoid_out.fused
     sigmoid_out.compile("sgd", "binary_crossentropy_sum")
-    assert sigmoid_out.fused
+    assert not sigmoid_out.gradient_from_logits
 
 
 def test_a_diverging_run_stops_with_the_epoch_and_step_and_keeps_good_weights() -> None:
@@ -223,18 +225,18 @@ def test_a_diverging_run_stops_with_the_epoch_and_step_and_keeps_good_weights() 
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
-def test_saturated_sigmoids_still_learn_with_the_course_loss() -> None:
-    # Inputs ~100x too large (like raw 0-255 pixels) saturate every sigmoid: the exact
-    # derivative y(1 - y) is 0, so mse cannot move; the course's loss fused with the
-    # sigmoid has gradient y - t w.r.t. the logits and learns anyway.
+def test_saturated_sigmoids_still_learn_with_the_course_gradient() -> None:
+    # Inputs ~100x too large (like raw 0-255 pixels) saturate the sigmoids: y(1 - y) is 0,
+    # so gradients through the sigmoid's derivative (here mse's) vanish; the course's
+    # y - t w.r.t. the logits ("sigmoid_crossentropy_sum") learns anyway.
     x, y = blobs()
     results = {}
-    for loss in ("binary_crossentropy_sum", "mse"):
+    for loss in ("sigmoid_crossentropy_sum", "mse"):
         model = Sequential([Dense(3, "sigmoid", "uniform", "uniform", input_shape=(2,))], seed=0)
         model.compile(SGD(lr=0.001), loss)
         history = model.fit(100 * x, np.eye(3)[y], epochs=10, batch_size=len(x), verbose=0)
         results[loss] = history.history["accuracy"][-1]
-    assert results["binary_crossentropy_sum"] > 0.95
+    assert results["sigmoid_crossentropy_sum"] > 0.95
     assert results["mse"] < 0.7
 
 

@@ -26,6 +26,7 @@ from mnistlab.nn.losses import (
     CategoricalCrossentropy,
     Loss,
     MeanSquaredError,
+    SigmoidCrossentropySum,
     accuracy,
     get_loss,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "Momentum",
     "Optimizer",
     "Sequential",
+    "SigmoidCrossentropySum",
     "accuracy",
     "get_activation",
     "get_loss",

@@ -6,15 +6,14 @@ rows of shape (N, K); each loss accepts both.
 Cross-entropy after a softmax is computed from the logits z instead of the
 probabilities (``forward_logits`` / ``backward_logits``): log-softmax via
 log-sum-exp never takes log(0), and the gradient w.r.t. z is exactly (y - t) / N.
-The summed binary cross-entropy fuses with a sigmoid the same way. The model uses
-the fused path whenever its output activation is the loss's ``fused_activation``.
+The model uses that fused path whenever its output activation is the loss's
+``fused_activation``. "sigmoid_crossentropy_sum" only replaces the sigmoid's
+backward (``gradient_activation``) by the course's dL/dz = y - t.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-from mnistlab.nn.activations import sigmoid
 
 EPS = 1e-7  # the course's guard inside log(y + 1e-7)
 
@@ -61,7 +60,12 @@ class Loss:
 
     name = ""
     reduction = "mean"
-    fused_activation: str | None = None  # output activation whose backward this loss can absorb
+    # After this output activation the loss is computed from the logits (forward_logits)
+    # and its gradient taken w.r.t. them (backward_logits).
+    fused_activation: str | None = None
+    # After this output activation only the gradient starts at the logits: forward works
+    # on the outputs as usual, then backward_logits() replaces the activation's backward.
+    gradient_activation: str | None = None
 
     def forward(self, y: np.ndarray, t: np.ndarray) -> float:
         raise NotImplementedError
@@ -112,15 +116,11 @@ class BinaryCrossentropySum(Loss):
     """The course's summed loss: L = -sum(t log(y + 1e-7) + (1 - t) log(1 - y + 1e-7)).
 
     Summed over samples and outputs (no mean), as the course's full-batch sigmoid
-    classifier does. After a sigmoid the model uses the fused gradient w.r.t. the logits,
-    dL/dz = y - t, as the course does: unlike the exact gradient of the guarded formula,
-    it does not vanish when raw pixels saturate the sigmoids (the two differ by a relative
-    1e-7 / min(y, 1 - y) elsewhere). Without a sigmoid before it, ``backward`` is exact.
+    classifier does; ``backward`` is the exact gradient of that formula.
     """
 
     name = "binary_crossentropy_sum"
     reduction = "sum"
-    fused_activation = "sigmoid"
 
     def forward(self, y: np.ndarray, t: np.ndarray) -> float:
         self.y, self.t = y, as_targets(t, y)
@@ -131,9 +131,19 @@ class BinaryCrossentropySum(Loss):
         y, t = self.y, self.t
         return (1 - t) / (1 - y + EPS) - t / (y + EPS)
 
-    def forward_logits(self, z: np.ndarray, t: np.ndarray) -> float:
-        """The loss of y = sigmoid(z), as the course prints it; caches y."""
-        return self.forward(sigmoid(z), t)
+
+class SigmoidCrossentropySum(BinaryCrossentropySum):
+    """The same summed loss, back-propagated the way the course's code does after a sigmoid
+    output: dL/dz = y - t w.r.t. the logits.
+
+    That is the exact gradient without the 1e-7 guards (it differs from the guarded one by
+    a relative 1e-7 / min(y, 1 - y)), and unlike the guarded one it does not vanish when
+    raw 0-255 pixels saturate the sigmoids, which is how the course's one-layer classifier
+    learns at all.
+    """
+
+    name = "sigmoid_crossentropy_sum"
+    gradient_activation = "sigmoid"
 
     def backward_logits(self) -> np.ndarray:
         """dL/dz = y - t (summed loss: no division by N)."""
@@ -157,6 +167,7 @@ LOSSES: dict[str, type[Loss]] = {
     "categorical_crossentropy": CategoricalCrossentropy,
     "sparse_categorical_crossentropy": CategoricalCrossentropy,
     "binary_crossentropy_sum": BinaryCrossentropySum,
+    "sigmoid_crossentropy_sum": SigmoidCrossentropySum,
     "mse": MeanSquaredError,
     "mean_squared_error": MeanSquaredError,
 }

@@ -102,12 +102,20 @@ class Sequential:
         self.optimizer, self.loss = get_optimizer(optimizer), get_loss(loss)
         self.metrics = ["accuracy"] if metrics else []
 
+    def _output_activation_is(self, name: str | None) -> bool:
+        act = self.layers[-1].activation if self.layers else None
+        return name is not None and act is not None and act.name == name
+
     @property
     def fused(self) -> bool:
-        """True when the output activation's backward is folded into the loss's."""
-        act = self.layers[-1].activation if self.layers else None
-        fusable = self.loss.fused_activation if self.loss is not None else None
-        return act is not None and fusable is not None and act.name == fusable
+        """True when the loss is computed from the output layer's logits (softmax + CE)."""
+        return self.loss is not None and self._output_activation_is(self.loss.fused_activation)
+
+    @property
+    def gradient_from_logits(self) -> bool:
+        """True when backprop starts at the logits with the loss's ``backward_logits``."""
+        return self.fused or (self.loss is not None
+                              and self._output_activation_is(self.loss.gradient_activation))
 
     # ---- forward and backward ----------------------------------------------------------
     def prepare_input(self, x: np.ndarray) -> np.ndarray:
@@ -145,8 +153,8 @@ class Sequential:
     def _backward(self) -> None:
         """Backprop the last ``_forward_loss``: every layer's ``grads`` is filled."""
         last = self.layers[-1]
-        if self.fused:
-            d = last.linear_backward(self.loss.backward_logits())  # dL/dz = (y - t) / N
+        if self.gradient_from_logits:  # e.g. softmax + cross-entropy: dL/dz = (y - t) / N
+            d = last.linear_backward(self.loss.backward_logits())
         else:
             d = last.backward(self.loss.backward())
         for layer in reversed(self.layers[self._first_trainable : -1]):
