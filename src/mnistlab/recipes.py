@@ -247,7 +247,8 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "one-layer-sigmoid", "One-layer sigmoid classifier, raw pixels, full-batch GD",
             "0.8147 train accuracy at epoch 32", 0.8147, "train_accuracy",
-            {"epochs": 200, "lr": 0.1, "loss": "mse", "stop_at_accuracy": 0.80, "seed": 0},
+            {"epochs": 200, "lr": 0.1, "loss": "sigmoid_crossentropy_sum",
+             "stop_at_accuracy": 0.80, "seed": 0},
             one_layer_sigmoid, datasets=("mnist",),
         ),
         Recipe(
