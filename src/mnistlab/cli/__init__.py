@@ -13,9 +13,9 @@ from mnistlab.errors import MnistlabError
 # Each module defines `register(subparsers)`, which adds its commands and sets `func` on them.
 COMMAND_MODULES = [
     "mnistlab.cli.data",
-    "mnistlab.cli.recognize",
     "mnistlab.cli.train",
     "mnistlab.cli.evaluate",
+    "mnistlab.cli.recognize",
     "mnistlab.cli.bench",
 ]
 
