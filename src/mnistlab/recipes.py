@@ -20,6 +20,7 @@ import numpy as np
 from mnistlab.callbacks import StopAtAccuracy
 from mnistlab.datasets import load_data, one_hot, scale_to_range, scale_to_unit
 from mnistlab.errors import MnistlabError
+from mnistlab.fast import FAST_DEFAULTS, fast
 from mnistlab.nn import SGD, Adam, Conv2D, Dense, Dropout, Flatten, MaxPooling2D, Sequential
 
 Split = tuple[np.ndarray, np.ndarray]
@@ -276,6 +277,11 @@ RECIPES: dict[str, Recipe] = {
             "keras-cnn", "Course CNN conv32-pool-conv64-pool-dropout-dense1000-dense10, Adam",
             "0.9904 test accuracy after 5 epochs", 0.9904, "test_accuracy",
             {"epochs": 5, "batch_size": 100, "lr": 0.001, "seed": 0}, keras_cnn,
+        ),
+        Recipe(
+            "fast", "Fastest path to 99%: stride-2 conv16-conv32-pool-dense128, 1 epoch",
+            ">= 0.99 test accuracy after 1 epoch", 0.99, "test_accuracy",
+            dict(FAST_DEFAULTS), fast, datasets=("mnist",),
         ),
     ]
 }  # fmt: skip
