@@ -30,6 +30,8 @@ QUICK = {
     "backprop-30": {"limit": "2000", "test_limit": "1000", "log_every": "200"},
     "keras-mlp": {"limit": "2000", "epochs": "2", "test_limit": "1000"},
     "keras-cnn": {"limit": "1000", "epochs": "1", "test_limit": "500"},
+    "fast": {"limit": "2000", "test_limit": "500"},
+    "handwriting": {"limit": "1000", "epochs": "1", "copies": "1", "test_limit": "500"},
 }
 FLOORS = {  # test accuracy a quick run must beat (10 classes: chance is 0.1)
     "pretrained-sigmoid": 0.93,
@@ -39,6 +41,8 @@ FLOORS = {  # test accuracy a quick run must beat (10 classes: chance is 0.1)
     "backprop-30": 0.6,
     "keras-mlp": 0.85,
     "keras-cnn": 0.6,
+    "fast": 0.5,
+    "handwriting": 0.5,
 }
 
 
