@@ -5,8 +5,9 @@
     python benchmarks/time_to_accuracy.py --skip cnn-numpy       # all but the long one
     python benchmarks/time_to_accuracy.py --quick --seeds 1      # smoke run on a slice
 
-Entries (each in its own process, which first runs it once untimed on a small slice, so
-lazy imports and kernel set-up are not timed; then once per seed):
+Entries (each seed of each entry in its own process, which first runs the entry once
+untimed on a small slice, so lazy imports and kernel set-up are not timed; the entries
+take turns, seed by seed, so a machine slowing down for a while slows them alike):
 
   reference         the public "99% in 0.76 s on a laptop GPU" recipe in plain PyTorch:
                     conv 1->24 5x5 - pool - relu - conv 24->32 3x3 - pool - relu -
@@ -27,7 +28,8 @@ converting train and test sets) and evaluation seconds (predicting the test set)
 median; the ratio of training seconds to the reference's in the same run. The course
 CNN entries validate on the test set after each epoch, as the course (and the recipe)
 does, inside their training time. Time on a quiet machine: before each entry the script
-runs ../shared/tools/wait-quiet when it exists and says whether it found the machine quiet.
+runs ../shared/tools/wait-quiet when it exists, and the table says whether it found the
+machine quiet every time.
 """
 
 from __future__ import annotations
@@ -278,7 +280,7 @@ def _recipe(name: str, engine: str, piece: Slice, seed: int) -> Result:
 
 
 ENTRIES: dict[str, tuple[str, Callable[[Slice, int], Result]]] = {
-    "reference": ("plain PyTorch, public 1-epoch 99% net", reference),
+    "reference": ("public 99% net, PyTorch", reference),
     "fast-torch": ("mnistlab fast, torch", lambda p, s: _recipe("fast", "torch", p, s)),
     "fast-numpy": ("mnistlab fast, numpy", lambda p, s: _recipe("fast", "numpy", p, s)),
     "cnn-torch": ("course CNN 5 ep, torch",
@@ -305,19 +307,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--json", type=Path, help="also write the results to this file")
     p.add_argument("--no-wait", action="store_true", help="do not run wait-quiet first")
-    p.add_argument("--worker", help=argparse.SUPPRESS)  # child process: one entry
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # child process: one entry...
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # ...one seed
     return p.parse_args(argv)
 
 
-def run_worker(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """One entry in this process: an untimed warm-up on a slice, then every seed."""
-    full = Slice(6000, 2000) if args.quick else Slice()
+def run_worker(name: str, seed: int, quick: bool) -> dict[str, Any]:
+    """One seed of one entry in this process, after an untimed warm-up on a slice."""
     run = ENTRIES[name][1]
-    run(Slice(1024, 500, warmup=True), 0)
-    results = [asdict(run(full, seed)) for seed in range(args.seeds)]
+    run(Slice(1024, 500, warmup=True), seed)
+    result = asdict(run(Slice(6000, 2000) if quick else Slice(), seed))
     import torch
 
-    return {"results": results, "torch_threads": torch.get_num_threads()}
+    return {**result, "torch_threads": torch.get_num_threads()}
 
 
 def wait_quiet(enabled: bool) -> str:
@@ -332,7 +334,7 @@ def wait_quiet(enabled: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        print(json.dumps(run_worker(args.worker, args)))
+        print(json.dumps(run_worker(args.worker, args.seed, args.quick)))
         return 0
     names = [n.strip() for n in (args.only or ",".join(ENTRIES)).split(",") if n.strip()]
     skip = {n.strip() for n in args.skip.split(",") if n.strip()}
@@ -346,18 +348,25 @@ def main(argv: list[str] | None = None) -> int:
         + (", QUICK (6,000 train / 2,000 test images)" if args.quick else ""),
         flush=True,
     )
-    worker_argv = ["--seeds", str(args.seeds), *(["--quick"] if args.quick else [])]
-    runs: dict[str, dict[str, Any]] = {}
-    for name in names:
-        quiet = wait_quiet(not args.no_wait)
-        began = time.perf_counter()
-        cmd = [sys.executable, __file__, "--worker", name, *worker_argv]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            sys.stderr.write(done.stderr)
-            return done.returncode
-        runs[name] = {**json.loads(done.stdout.strip().splitlines()[-1]), "quiet": quiet}
-        print(f"{name}: done in {time.perf_counter() - began:.0f} s (quiet: {quiet})", flush=True)
+    # Seed by seed, every entry in turn: a machine that slows down for a while then
+    # slows all entries alike, and the ratios to the reference stay fair.
+    runs: dict[str, dict[str, Any]] = {name: {"results": [], "quiet": []} for name in names}
+    for seed in range(args.seeds):
+        for name in names:
+            quiet = wait_quiet(not args.no_wait)
+            cmd = [sys.executable, __file__, "--worker", name, "--seed", str(seed)]
+            done = subprocess.run(
+                [*cmd, *(["--quick"] if args.quick else [])],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if done.returncode != 0:
+                sys.stderr.write(done.stderr)
+                return done.returncode
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            runs[name]["results"].append(result)
+            runs[name]["quiet"].append(quiet)
+            print(f"seed {seed} {name}: {result['train_s']:.2f} s training, test accuracy "
+                  f"{result['accuracy']:.4f} (quiet: {quiet})", flush=True)  # fmt: skip
     report(runs, args)
     return 0
 
@@ -366,10 +375,18 @@ def _median(results: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in results)
 
 
+def _quiet(marks: list[str]) -> str:
+    """ "yes" when every run found the machine quiet, else how many did ("1/3")."""
+    if all(m == "-" for m in marks):
+        return "-"
+    quiet = sum(m == "yes" for m in marks)
+    return "yes" if quiet == len(marks) else f"{quiet}/{len(marks)}"
+
+
 def report(runs: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
     from common import print_table
 
-    threads = next(iter(runs.values()))["torch_threads"] if runs else "?"
+    threads = runs[next(iter(runs))]["results"][0]["torch_threads"] if runs else "?"
     base = _median(runs["reference"]["results"], "train_s") if "reference" in runs else None
     rows = []
     for name, run in runs.items():
@@ -384,7 +401,7 @@ def report(runs: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
             name, ENTRIES[name][0], f"{train_s:.2f}",
             " ".join(f"{a:.4f}" for a in accuracies), f"{min(accuracies):.4f}",
             f"{_median(results, 'data_s'):.2f}", f"{_median(results, 'eval_s'):.2f}",
-            ratio, run["quiet"],
+            ratio, _quiet(run["quiet"]),
         ))  # fmt: skip
     title = (f"Time to accuracy on MNIST, {os.cpu_count()} cores, torch threads {threads}, "
              f"{args.seeds} seed(s){' - QUICK' if args.quick else ''}")  # fmt: skip
