@@ -1,7 +1,12 @@
 """The fastest path to 99%: the ``fast`` recipe, one epoch of a small CNN on a CPU.
 
-    mnistlab train --recipe fast --engine torch     # about 2 s of training on 2 cores
-    mnistlab train --recipe fast --engine numpy     # the same model on the NumPy engine
+    mnistlab train --recipe fast --engine torch     # 2-3 s of training on 2 cores
+    mnistlab train --recipe fast --engine numpy     # the same model: 6-8 s on NumPy
+
+Measured on a 2-core AVX512-BF16 CPU against the public one-epoch 99% net written in
+plain PyTorch (4.6-5.6 s there): about 0.4-0.5x its training time on the torch engine,
+1.1-1.7x on the NumPy engine, test accuracy 0.9904-0.9925 over seeds 0-9 (every one
+>= 0.99, where that net reaches 0.9897-0.9901).
 
 What makes one epoch enough, and cheap (each measured; see benchmarks/time_to_accuracy.py):
 
