@@ -7,7 +7,9 @@
 Rows: one training epoch of the MLP 784-1000relu-10 and of the CNN (Adam, batch 100), and
 inference on the 10,000 test images in one call (``predict(x_test)`` vs ``net(x_test)``).
 Goals (numpy time / torch time): MLP epoch <= 1.0, CNN epoch <= 2.0, inference <= 1.0.
-Each engine runs in its own process with the same thread count. Time it on a quiet machine.
+Each engine runs in its own process with the same thread count. The engines take turns for
+``--rounds`` rounds (who goes first alternates) and each time is the median of its rounds,
+so that a slow minute on a shared machine does not decide a ratio. Time it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -32,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="for numpy and torch")
     p.add_argument("--repeat", type=int, default=3, help="inference runs; the best counts")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="runs of each engine, taking turns; the median counts (default 3)")
     p.add_argument("--only", default="mlp,cnn", help="comma list of models: mlp, cnn")
     p.add_argument("--json", default=None, help="also write the results to this file")
     p.add_argument("--engine", choices=("numpy", "torch"), help=argparse.SUPPRESS)
@@ -176,27 +181,36 @@ def main(argv: list[str] | None = None) -> int:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)  # before numpy and torch load their BLAS
     if args.engine:  # child process: one engine, one model, JSON on stdout
+        import mnistlab  # noqa: F401  first, as in a user's script: it tunes OpenBLAS's threads
         print(json.dumps(run_engine(args.engine, args.only, args)))
         return 0
     # Each engine runs in its own process: idle BLAS/OpenMP threads of one library
     # spin for a while and would steal cores from the other.
     argv = sys.argv[1:] if argv is None else argv
+    if args.rounds < 1:
+        raise SystemExit("--rounds must be at least 1")
     results, sizes = [], {}
     for kind in args.only.split(","):
-        runs = {}
-        for engine in ("numpy", "torch"):
-            cmd = [sys.executable, __file__, *argv, "--engine", engine, "--only", kind]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                sys.stderr.write(done.stderr)
-                return done.returncode
-            runs[engine] = json.loads(done.stdout.strip().splitlines()[-1])
-        sizes = {"n_train": runs["numpy"]["n_train"], "n_test": runs["numpy"]["n_test"]}
+        runs: dict[str, list[dict[str, Any]]] = {"numpy": [], "torch": []}
+        for round_ in range(args.rounds):
+            engines = ("numpy", "torch") if round_ % 2 == 0 else ("torch", "numpy")
+            for engine in engines:
+                cmd = [sys.executable, __file__, *argv, "--engine", engine, "--only", kind]
+                done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    sys.stderr.write(done.stderr)
+                    return done.returncode
+                runs[engine].append(json.loads(done.stdout.strip().splitlines()[-1]))
+        first = runs["numpy"][0]
+        sizes = {"n_train": first["n_train"], "n_test": first["n_test"]}
         for what, key in (("epoch", "epoch_s"), ("inference", "inference_s")):
-            results.append({"name": f"{kind} {what}", "numpy_s": runs["numpy"][key],
-                            "torch_s": runs["torch"][key]})
-        results[-1].update(accuracy_numpy=runs["numpy"]["test_accuracy"],
-                           accuracy_torch=runs["torch"]["test_accuracy"])
+            results.append({"name": f"{kind} {what}",
+                            **{f"{engine}_s": statistics.median(r[key] for r in runs[engine])
+                               for engine in runs},
+                            **{f"{engine}_rounds_s": [r[key] for r in runs[engine]]
+                               for engine in runs}})
+        results[-1].update(accuracy_numpy=first["test_accuracy"],
+                           accuracy_torch=runs["torch"][0]["test_accuracy"])
     report(results, args, sizes["n_train"], sizes["n_test"])
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
@@ -209,7 +223,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, n_train: int
     data = "synthetic" if args.synthetic else "MNIST"
     print(f"{data}: epoch = {n_train} training images, batch {args.batch_size}; inference = "
           f"{n_test} test images in one call; {args.threads} threads; NumPy engine vs PyTorch "
-          "CPU, each in its own process")
+          f"CPU, each in its own process; median of {args.rounds} rounds")
     print(f"{'benchmark':<20}{'numpy s':>10}{'torch s':>10}{'ratio':>8}{'goal':>7}  ok")
     for row in results:
         ratio, goal = row["numpy_s"] / row["torch_s"], GOALS[row["name"]]

@@ -259,6 +259,20 @@ def test_softmax_is_stable_for_huge_logits() -> None:
     np.testing.assert_allclose(y, [[0.5, 0.5, 0.0]])
 
 
+@pytest.mark.parametrize("name", ["linear", "sigmoid", "relu", "tanh", "softmax"])
+def test_an_activation_can_work_in_place_with_the_same_result(name: str) -> None:
+    rng = np.random.default_rng(6)
+    z = rng.standard_normal((8, 5)).astype(np.float32) * 30
+    dy = rng.standard_normal((8, 5)).astype(np.float32)
+    reference = get_activation(name)
+    expected_y, expected_dz = reference.forward(z), reference.backward(dy)
+    in_place = get_activation(name)
+    y = in_place.forward(z, out=z)
+    assert y is z  # written over z: no array the size of the output is allocated
+    np.testing.assert_array_equal(y, expected_y)
+    np.testing.assert_array_equal(in_place.backward(dy), expected_dz)
+
+
 def test_unknown_names_are_rejected_with_the_choices() -> None:
     with pytest.raises(ValueError, match="relu"):
         get_activation("swish")

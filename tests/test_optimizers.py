@@ -81,16 +81,20 @@ def test_names_give_optimizers_with_default_settings() -> None:
 @pytest.mark.parametrize("make", [lambda: SGD(0.1), lambda: Momentum(0.1), lambda: Adam(0.1)])
 def test_splitting_big_parameters_across_threads_changes_nothing(make) -> None:
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((700, 800)).astype(np.float32)  # big enough to be split
-    grads = [{"0.W": rng.standard_normal(w.shape).astype(np.float32)} for _ in range(3)]
+    shapes = {"0.W": (700, 800), "0.b": (800,), "1.W": (800, 10)}  # one big enough to split
+    start = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
+    grads = [{name: rng.standard_normal(shape).astype(np.float32)
+              for name, shape in shapes.items()} for _ in range(3)]
     results = []
-    for threads in (1, 3):
-        opt, params = make(), {"0.W": w.copy()}
+    for threads in (1, 2, 3):
+        opt, params = make(), {name: w.copy() for name, w in start.items()}
         opt.threads = threads
         for g in grads:
             opt.update(params, g)
-        results.append(params["0.W"])
-    np.testing.assert_array_equal(results[0], results[1])
+        results.append(params)
+    for params in results[1:]:
+        for name in shapes:
+            np.testing.assert_array_equal(params[name], results[0][name])
 
 
 def test_saved_state_resumes_exactly() -> None:

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
+
+# After each matrix product, NumPy's OpenBLAS keeps its worker threads spinning for about
+# 0.1 s (2**28 cycles), holding the cores that the engine's elementwise threads (the
+# optimizer's update) need next: the MLP's epoch took 1.4x as long. Let them sleep after
+# 2**8 cycles instead, unless the user chose. It must be set before NumPy loads OpenBLAS,
+# so it applies when mnistlab is imported first (the CLI, the benchmarks).
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "8")
 
 __version__ = "0.1.0"
 

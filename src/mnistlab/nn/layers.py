@@ -93,7 +93,8 @@ class Dense(Layer):
         return self.output_shape
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        return self.activation.forward(self.linear_forward(x))
+        z = self.linear_forward(x)  # a fresh array of our own: activate it in place
+        return self.activation.forward(z, out=z)
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
         return self.linear_backward(self.activation.backward(dy))
@@ -209,7 +210,8 @@ class Conv2D(Layer):
         return self.output_shape
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        return self.activation.forward(self.linear_forward(x))
+        z = self.linear_forward(x)  # a fresh array of our own: activate it in place
+        return self.activation.forward(z, out=z)
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
         return self.linear_backward(self.activation.backward(dy))

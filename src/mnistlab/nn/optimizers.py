@@ -8,8 +8,8 @@ update free of temporaries, which matters for the 3M-parameter CNN.
 Each rule is written once, in ``step``: the amount to subtract from a parameter.
 ``update`` computes every step first and applies them only if all are finite, so a
 diverging run keeps its last good weights. Large parameters are cut into contiguous
-pieces that ``threads`` threads handle at once (NumPy releases the GIL inside ufuncs),
-as PyTorch spreads its elementwise kernels over its threads.
+pieces that ``threads`` threads (the caller's included) handle at once (NumPy releases
+the GIL inside ufuncs), as PyTorch spreads its elementwise kernels over its threads.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextvars
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,8 @@ _POOLS: dict[int, ThreadPoolExecutor] = {}
 if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads
     os.register_at_fork(after_in_child=_POOLS.clear)
 
+Piece = tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]  # (param, grad, its state)
+
 
 def default_threads() -> int:
     """MNISTLAB_NUM_THREADS, else OMP_NUM_THREADS, else the CPUs this process may use."""
@@ -38,10 +40,10 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _pool(threads: int) -> ThreadPoolExecutor:
-    if threads not in _POOLS:
-        _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="mnistlab-optimizer")
-    return _POOLS[threads]
+def _pool(workers: int) -> ThreadPoolExecutor:
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="mnistlab-optimizer")
+    return _POOLS[workers]
 
 
 class Optimizer:
@@ -59,34 +61,63 @@ class Optimizer:
         """Apply one step to every parameter, or to none: TrainingDivergedError if any step
         has a NaN or an infinity (the optimizer's own state is then not to be trusted)."""
         self.iterations += 1
-        pieces = []  # (p, g, state): whole arrays, or equal slices of the big ones
-        for name, p in params.items():
-            g, state = grads[name], self._state_for(name, p)
-            n = min(self.threads, p.size // MIN_PIECE)
-            if n < 2 or not (p.flags.c_contiguous and g.flags.c_contiguous):
-                pieces.append((p, g, state))
-                continue
-            arrays = [p.reshape(-1), g.reshape(-1), *(v.reshape(-1) for v in state.values())]
-            for k in range(n):  # reshape(-1) of a contiguous array is a view: slices write back
-                s = slice(k * p.size // n, (k + 1) * p.size // n)
-                p_s, g_s, *rest = (a[s] for a in arrays)
-                pieces.append((p_s, g_s, dict(zip(state, rest, strict=True))))
-        if not all(self._run(self._finite_step, pieces)):
+        shares = self._shares(params, grads)
+        if not all(self._run(self._finite_steps, shares)):
             raise TrainingDivergedError("the update has NaN or infinite values; "
                                         "the weights were left unchanged")
-        self._run(lambda p, g, state: np.subtract(p, state["scratch"], out=p), pieces)
+        self._run(self._apply_steps, shares)
+
+    def _shares(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray],
+                ) -> list[list[Piece]]:
+        """The work of one update, cut into one share per thread.
+
+        A large contiguous parameter is cut into equal slices, one per share (reshape(-1)
+        of a contiguous array is a view: writes to a slice land in the parameter); each
+        small one goes whole to the share with the least work so far."""
+        n_shares = max(1, self.threads)
+        shares: list[list[Piece]] = [[] for _ in range(n_shares)]
+        work = [0] * n_shares
+        for name, p in params.items():
+            g, state = grads[name], self._state_for(name, p)
+            n = min(n_shares, p.size // MIN_PIECE)
+            if n < 2 or not (p.flags.c_contiguous and g.flags.c_contiguous):
+                k = work.index(min(work))
+                shares[k].append((p, g, state))
+                work[k] += p.size
+                continue
+            arrays = [p.reshape(-1), g.reshape(-1), *(v.reshape(-1) for v in state.values())]
+            for k in range(n):
+                s = slice(k * p.size // n, (k + 1) * p.size // n)
+                p_s, g_s, *rest = (a[s] for a in arrays)
+                shares[k].append((p_s, g_s, dict(zip(state, rest, strict=True))))
+                work[k] += p_s.size
+        return [share for share in shares if share]
+
+    def _finite_steps(self, share: list[Piece]) -> bool:
+        finite = [self._finite_step(*piece) for piece in share]  # every step, even after a bad one
+        return all(finite)
 
     def _finite_step(self, p: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> bool:
         step = self.step(g, state)
         return bool(np.isfinite(step.sum()))  # one NaN or inf makes the sum NaN or inf
 
-    def _run(self, fn: Callable[..., Any], pieces: list[tuple]) -> list[Any]:
-        if self.threads < 2 or len(pieces) < 2:
-            return [fn(*piece) for piece in pieces]
-        # each piece runs in a copy of our context, so np.errstate settings apply there too
-        contexts = [contextvars.copy_context() for _ in pieces]
-        return list(_pool(self.threads).map(lambda ctx, piece: ctx.run(fn, *piece),
-                                            contexts, pieces))
+    @staticmethod
+    def _apply_steps(share: list[Piece]) -> None:
+        for p, _, state in share:
+            np.subtract(p, state["scratch"], out=p)
+
+    def _run(self, fn: Callable[[list[Piece]], Any], shares: list[list[Piece]]) -> list[Any]:
+        """fn(share) for every share: the first in this thread, the others in the pool's."""
+        if len(shares) < 2:
+            return [fn(share) for share in shares]
+        # each share runs in a copy of our context, so np.errstate settings apply there too
+        pool = _pool(self.threads - 1)
+        futures = [pool.submit(contextvars.copy_context().run, fn, share) for share in shares[1:]]
+        try:
+            first = fn(shares[0])
+        finally:
+            wait(futures)  # never leave a share running behind an error
+        return [first, *(future.result() for future in futures)]
 
     def step(self, g: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
         """The amount to subtract from the parameter, written into ``state["scratch"]``."""
