@@ -178,6 +178,41 @@ def test_maxpool_backward_routes_gradient_to_the_first_maximum_only() -> None:
                                   [[0.0, 5.0], [0.0, 0.0]])
 
 
+def reference_maxpool(x: np.ndarray, dy: np.ndarray, pool: tuple[int, int],
+                      stride: tuple[int, int], pads: tuple[int, int, int, int],
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """y and dx by a loop over every window, dy going to np.argmax's (first) maximum."""
+    top, bottom, left, right = pads
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=-np.inf)
+    dxp = np.zeros_like(xp)
+    y = np.empty_like(dy)
+    for n, c, r, s in np.ndindex(*dy.shape):
+        window = xp[n, c, r * stride[0] : r * stride[0] + pool[0],
+                    s * stride[1] : s * stride[1] + pool[1]]
+        i, j = np.unravel_index(np.argmax(window), window.shape)
+        y[n, c, r, s] = window[i, j]
+        dxp[n, c, r * stride[0] + i, s * stride[1] + j] += dy[n, c, r, s]
+    return y, dxp[:, :, top : top + x.shape[2], left : left + x.shape[3]]
+
+
+@pytest.mark.parametrize(("pool", "strides", "padding", "hw"), [
+    (2, None, "valid", (6, 6)), (2, None, "valid", (7, 5)), (2, None, "same", (7, 5)),
+    (3, None, "valid", (7, 8)), ((2, 3), None, "same", (5, 7)), ((1, 2), None, "valid", (4, 4)),
+    (3, 2, "valid", (7, 7)), (2, 1, "same", (5, 6)),
+])
+def test_maxpool_matches_a_loop_over_windows_ties_included(pool, strides, padding, hw) -> None:
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 3, (2, 3, *hw)).astype(np.float64)  # few values: many ties
+    layer = built(MaxPooling2D(pool, strides=strides, padding=padding), (3, *hw))
+    y = layer.forward(x)
+    dy = rng.standard_normal(y.shape)
+    expected_y, expected_dx = reference_maxpool(x, dy, layer.pool_size, layer.strides,
+                                                layer.pads)
+    np.testing.assert_array_equal(y, expected_y)
+    # overlapping windows add several dy into one pixel, maybe in another order
+    np.testing.assert_allclose(layer.backward(dy), expected_dx, rtol=1e-12, atol=1e-15)
+
+
 def test_maxpool_same_padding_ignores_the_padding() -> None:
     x = -np.ones((1, 1, 3, 3))  # all negative: a zero pad would win if it were counted
     layer = built(MaxPooling2D(2, padding="same"), (1, 3, 3))
