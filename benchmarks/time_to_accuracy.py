@@ -4,6 +4,8 @@
     python benchmarks/time_to_accuracy.py --only reference,fast-torch,fast-numpy
     python benchmarks/time_to_accuracy.py --skip cnn-numpy       # all but the long one
     python benchmarks/time_to_accuracy.py --quick --seeds 1      # smoke run on a slice
+    python benchmarks/time_to_accuracy.py --only reference,fast-torch --set crop=0
+                                         # a recipe setting changed for the mnistlab entries
 
 Entries (each seed of each entry in its own process, which first runs the entry once
 untimed on a small slice, so lazy imports and kernel set-up are not timed; the entries
@@ -244,13 +246,16 @@ def examples_pytorch(piece: Slice, seed: int) -> Result:
 # --------------------------------------------------------------------------- mnistlab recipes
 
 
+OVERRIDES: dict[str, str] = {}  # --set KEY=VALUE, for the mnistlab recipe entries
+
+
 def _recipe(name: str, engine: str, piece: Slice, seed: int) -> Result:
     """Run mnistlab recipe ``name`` as the runner does (without writing a run directory):
     data-load seconds are those spent in ``Context.data``, the rest is training."""
     import numpy as np
 
     from mnistlab.datasets import load_data
-    from mnistlab.recipes import Context, get_recipe
+    from mnistlab.recipes import Context, get_recipe, resolve_config
 
     class TimedContext(Context):
         data_s = 0.0
@@ -262,7 +267,7 @@ def _recipe(name: str, engine: str, piece: Slice, seed: int) -> Result:
             return out
 
     recipe = get_recipe(name)
-    config = {**recipe.defaults, "seed": seed, "limit": piece.n_train}
+    config = {**resolve_config(recipe, OVERRIDES), "seed": seed, "limit": piece.n_train}
     if piece.warmup:
         config["epochs"] = 1
     ctx = TimedContext(config=config, engine=engine, device="cpu", verbose=0)
@@ -305,6 +310,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="smoke run: 6,000 training and 2,000 test images (not comparable)",
     )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a recipe setting of the mnistlab entries (repeatable)")
     p.add_argument("--json", type=Path, help="also write the results to this file")
     p.add_argument("--no-wait", action="store_true", help="do not run wait-quiet first")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # child process: one entry...
@@ -333,6 +340,12 @@ def wait_quiet(enabled: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            print(f"--set {item!r}: expected KEY=VALUE", file=sys.stderr)
+            return 2
+        OVERRIDES[key.strip()] = value.strip()
     if args.worker:
         print(json.dumps(run_worker(args.worker, args.seed, args.quick)))
         return 0
@@ -354,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in range(args.seeds):
         for name in names:
             quiet = wait_quiet(not args.no_wait)
-            cmd = [sys.executable, __file__, "--worker", name, "--seed", str(seed)]
+            cmd = [sys.executable, __file__, "--worker", name, "--seed", str(seed),
+                   *(f"--set={item}" for item in args.set)]
             done = subprocess.run(
                 [*cmd, *(["--quick"] if args.quick else [])],
                 capture_output=True, text=True, check=False,
@@ -404,7 +418,8 @@ def report(runs: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
             ratio, _quiet(run["quiet"]),
         ))  # fmt: skip
     title = (f"Time to accuracy on MNIST, {os.cpu_count()} cores, torch threads {threads}, "
-             f"{args.seeds} seed(s){' - QUICK' if args.quick else ''}")  # fmt: skip
+             f"{args.seeds} seed(s){' - QUICK' if args.quick else ''}"
+             + "".join(f", {item}" for item in args.set))  # fmt: skip
     columns = ("entry", "what", "train s", "test acc per seed", "min acc", "data s", "eval s",
                "x reference", "quiet")  # fmt: skip
     print_table(title, rows, columns)

@@ -9,6 +9,7 @@ import pytest
 from mnistlab.nn import (
     Activation,
     Conv2D,
+    Cropping2D,
     Dense,
     Dropout,
     Flatten,
@@ -61,6 +62,10 @@ CASES = {
     "overlapping maxpool with same padding, then dropout": (
         [Conv2D(3, 3, activation="tanh"), MaxPooling2D(3, strides=1, padding="same"),
          Dropout(0.3), Flatten(), Dense(3, "softmax")], IMAGES, LABELS3,
+        "categorical_crossentropy"),
+    "cropping between two convolutions": (
+        [Conv2D(2, 1, activation="tanh"), Cropping2D(((1, 0), (0, 2))),
+         Conv2D(3, 2, activation="relu"), Flatten(), Dense(3, "softmax")], IMAGES, LABELS3,
         "categorical_crossentropy"),
     "the course CNN shape, scaled down": (
         [Conv2D(4, 5, padding="same", activation="relu"), MaxPooling2D(2),

@@ -11,6 +11,7 @@ import pytest
 from mnistlab.nn import (
     Activation,
     Conv2D,
+    Cropping2D,
     Dense,
     Dropout,
     Flatten,
@@ -229,7 +230,38 @@ def test_overlapping_maxpool_adds_gradients_of_shared_pixels() -> None:
     assert dx[0, 0, 1, 1] == 4.0 and dx.sum() == 4.0
 
 
-# --- Flatten, Dropout, Activation ----------------------------------------------------------
+# --- Cropping2D, Flatten, Dropout, Activation ----------------------------------------------
+
+
+@pytest.mark.parametrize(("cropping", "expected"), [
+    (2, ((2, 2), (2, 2))), ((1, 3), ((1, 1), (3, 3))), (((0, 1), (2, 3)), ((0, 1), (2, 3))),
+])
+def test_cropping_takes_the_three_keras_spellings(cropping, expected) -> None:
+    assert Cropping2D(cropping).cropping == expected
+
+
+def test_cropping_cuts_the_border_and_sends_no_gradient_there() -> None:
+    x = np.arange(2 * 5 * 6.0).reshape(1, 2, 5, 6)
+    layer = built(Cropping2D(((1, 0), (2, 1))), (2, 5, 6))
+    y = layer.forward(x)
+    np.testing.assert_array_equal(y, x[:, :, 1:, 2:5])
+    dx = layer.backward(np.ones_like(y))
+    assert dx.shape == x.shape and dx.sum() == y.size
+    np.testing.assert_array_equal(dx[:, :, 1:, 2:5], 1.0)
+
+
+@pytest.mark.parametrize(("cropping", "message"), [
+    (-1, "ints >= 0"), ((1, 2, 3), "must be an int"), (1.5, "must be an int"),
+    (((1, 1), 2), "ints >= 0"),
+])
+def test_bad_croppings_are_refused(cropping, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        Cropping2D(cropping)
+
+
+def test_cropping_everything_is_refused_when_built() -> None:
+    with pytest.raises(ValueError, match="leaves nothing of a 4x4 image"):
+        built(Cropping2D(2), (1, 4, 4))
 
 
 def test_flatten_keeps_c_h_w_order_like_pytorch() -> None:
@@ -329,6 +361,7 @@ LAYERS = [
     (lambda: Conv2D(3, 2, strides=2, padding="valid"), (2, 5, 5)),
     (lambda: MaxPooling2D(2), (2, 4, 4)),
     (lambda: MaxPooling2D(3, strides=1, padding="same"), (2, 4, 4)),
+    (lambda: Cropping2D(((1, 0), (2, 1))), (2, 5, 6)),
     (lambda: Flatten(), (2, 3, 3)),
     (lambda: Dropout(0.5, seed=1), (6,)),
     (lambda: Activation("relu"), (6,)),

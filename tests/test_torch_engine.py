@@ -29,6 +29,7 @@ from mnistlab.io import load_model as load_numpy  # noqa: E402
 from mnistlab.nn import (  # noqa: E402
     Activation,
     Conv2D,
+    Cropping2D,
     Dense,
     Dropout,
     Flatten,
@@ -111,6 +112,11 @@ def test_maxpooling_matches_numpy(pool, strides, padding, shape):
     layer = built(MaxPooling2D(pool, strides=strides, padding=padding), shape)
     out = check_layer(layer, shape)
     assert tuple(out.shape[1:]) == layer.output_shape
+
+
+def test_cropping_matches_numpy():
+    layer = built(Cropping2D(((1, 0), (2, 1))), (2, 5, 6))
+    assert tuple(check_layer(layer, (2, 5, 6)).shape[1:]) == layer.output_shape
 
 
 def test_flatten_is_c_h_w_order():

@@ -36,7 +36,16 @@ from typing import Any
 import numpy as np
 
 from mnistlab.errors import MnistlabError
-from mnistlab.nn import Activation, Adam, Conv2D, Dense, Flatten, MaxPooling2D, Sequential
+from mnistlab.nn import (
+    Activation,
+    Adam,
+    Conv2D,
+    Cropping2D,
+    Dense,
+    Flatten,
+    MaxPooling2D,
+    Sequential,
+)
 
 SCHEDULES = ("constant", "linear", "onecycle")
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -50,6 +59,7 @@ FAST_DEFAULTS: dict[str, Any] = {
     "schedule": "linear",
     "warmup": 0.0,  # fraction of the steps spent warming up (onecycle: its pct_start)
     "label_smoothing": 0.1,
+    "crop": 0,  # border pixels cut from each side first (MNIST's digits fill the middle)
     "conv1": 16,  # filters of the 5x5 stride-2 convolution
     "conv2": 32,  # filters of the 3x3 convolution
     "dense": 128,  # hidden units
@@ -138,16 +148,21 @@ class LearningRateSchedule:
 
 
 def fast_model(
-    conv1: int = 16, conv2: int = 32, dense: int = 128, seed: int | None = 0
+    conv1: int = 16, conv2: int = 32, dense: int = 128, seed: int | None = 0, crop: int = 0
 ) -> Sequential:
     """The fast net: 5x5 stride-2 conv - 3x3 conv - 2x2 max pool - dense - 10 (softmax).
 
     Shapes: (1, 28, 28) -> (conv1, 12, 12) -> (conv2, 10, 10) -> pool (conv2, 5, 5), the
     ReLU after the pool -> 25 * conv2 -> dense -> 10. With the defaults, 108,874 weights.
+    ``crop`` > 0 cuts that many pixels off each side first (``Cropping2D``): crop 2 gives
+    (1, 24, 24) -> (conv1, 10, 10) -> (conv2, 8, 8) -> (conv2, 4, 4), 40% fewer
+    multiply-adds.
     """
+    first = [Cropping2D(crop)] if crop else []
     return Sequential(
         [
-            Conv2D(conv1, 5, strides=2, activation="relu", input_shape=(1, 28, 28)),
+            *first,
+            Conv2D(conv1, 5, strides=2, activation="relu"),
             Conv2D(conv2, 3),  # linear: the ReLU comes after the pool
             MaxPooling2D(2),
             Activation("relu"),
@@ -156,6 +171,7 @@ def fast_model(
             Dense(10, "softmax"),
         ],
         seed=seed,
+        input_shape=(1, 28, 28),
         name="fast",
     )
 
@@ -228,7 +244,7 @@ def fast(ctx: Any) -> Any:
 
     restore_threads = _set_threads(ctx.engine, c["threads"])
     try:
-        model = fast_model(c["conv1"], c["conv2"], c["dense"], seed=c["seed"])
+        model = fast_model(c["conv1"], c["conv2"], c["dense"], seed=c["seed"], crop=c["crop"])
         if ctx.engine == "torch":
             model = to_torch(model, ctx.device or "auto", channels_last=c["channels_last"])
         model.compile(Adam(c["lr"], c["beta_1"], c["beta_2"]), "categorical_crossentropy")

@@ -192,6 +192,19 @@ class TorchMaxPooling2D(SpecLayer):
         return self.pool(x)
 
 
+class TorchCropping2D(SpecLayer):
+    """Cropping2D: a slice of H and W."""
+
+    def __init__(self, cropping: tuple[tuple[int, int], tuple[int, int]],
+                 out_hw: tuple[int, int]) -> None:
+        super().__init__()
+        (self.top, _), (self.left, _) = cropping
+        self.out_h, self.out_w = out_hw
+
+    def pre_activation(self, x: Tensor) -> Tensor:
+        return x[:, :, self.top : self.top + self.out_h, self.left : self.left + self.out_w]
+
+
 class TorchFlatten(SpecLayer):
     """Flatten in C, H, W order (the logical order, also for channels_last tensors)."""
 
@@ -231,6 +244,8 @@ def torch_layer(layer: np_layers.Layer, dtype: torch.dtype = torch.float32) -> S
                              layer.strides, layer.pads, act, dtype)
     elif kind == "MaxPooling2D":
         module = TorchMaxPooling2D(layer.pool_size, layer.strides, layer.pads)
+    elif kind == "Cropping2D":
+        module = TorchCropping2D(layer.cropping, layer.output_shape[1:])
     elif kind == "Flatten":
         module = TorchFlatten()
     elif kind == "Dropout":
@@ -314,7 +329,8 @@ class TorchOptimizer:
         any state it had (by name)."""
         pending = self.get_state() if self.torch is not None else self._pending
         params = [p for _, p, _ in table]
-        fused = True if device.type == "cuda" else None
+        # one fused kernel per step instead of a pass per operation (CPU: ~4x faster)
+        fused = True if device.type in ("cpu", "cuda") else None
         s = self.spec
         if isinstance(s, Adam):
             self.torch = torch.optim.Adam(params, lr=s.lr, betas=(s.beta_1, s.beta_2),

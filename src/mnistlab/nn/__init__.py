@@ -14,6 +14,7 @@ from mnistlab.nn.gradcheck import GradcheckReport, gradcheck
 from mnistlab.nn.layers import (
     Activation,
     Conv2D,
+    Cropping2D,
     Dense,
     Dropout,
     Flatten,
@@ -40,6 +41,7 @@ __all__ = [
     "BinaryCrossentropySum",
     "CategoricalCrossentropy",
     "Conv2D",
+    "Cropping2D",
     "Dense",
     "Dropout",
     "Flatten",

@@ -368,6 +368,68 @@ class MaxPooling2D(Layer):
                 "strides": list(self.strides), "padding": self.padding}
 
 
+class Cropping2D(Layer):
+    """Drop border rows and columns: x (N, C, H, W) -> x[:, :, top:H-bottom, left:W-right].
+
+    ``cropping`` as in Keras: an int (all four sides), (rows, columns) cut from both ends,
+    or ((top, bottom), (left, right)). MNIST digits sit in the middle 20x20 of the
+    28x28 image, so a net can skip most of the empty border.
+    """
+
+    def __init__(
+        self,
+        cropping: int | tuple[int, int] | tuple[tuple[int, int], tuple[int, int]] = 0,
+        input_shape: Shape | None = None,
+    ) -> None:
+        super().__init__(input_shape)
+        self.cropping = _crop_amounts(cropping)
+
+    def build(self, input_shape: Shape, rng: np.random.Generator, dtype: Any) -> Shape:
+        if len(input_shape) != 3:
+            raise ValueError(f"Cropping2D expects NCHW images (N, C, H, W), got {input_shape}")
+        c, h, w = input_shape
+        (top, bottom), (left, right) = self.cropping
+        if top + bottom >= h or left + right >= w:
+            raise ValueError(f"cropping {self.cropping} leaves nothing of a {h}x{w} image")
+        self.input_shape = tuple(input_shape)
+        self.output_shape = (c, h - top - bottom, w - left - right)
+        return self.output_shape
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        (top, _), (left, _) = self.cropping
+        _, h, w = self.output_shape
+        return x[:, :, top : top + h, left : left + w]  # a view: no copy
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        (top, _), (left, _) = self.cropping
+        _, h, w = self.output_shape
+        dx = np.zeros((len(dy), *self.input_shape), dtype=dy.dtype)  # the border had no effect
+        dx[:, :, top : top + h, left : left + w] = dy
+        return dx
+
+    def get_config(self) -> dict:
+        return {"type": "Cropping2D", "cropping": [list(pair) for pair in self.cropping]}
+
+
+def _crop_amounts(cropping: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Keras's three spellings of a cropping as ((top, bottom), (left, right))."""
+    def amount(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+            raise ValueError(f"cropping amounts must be ints >= 0, got {cropping!r}")
+        return int(value)
+
+    if isinstance(cropping, int | np.integer) and not isinstance(cropping, bool):
+        n = amount(cropping)
+        return (n, n), (n, n)
+    if isinstance(cropping, list | tuple) and len(cropping) == 2:
+        rows, cols = cropping
+        if all(isinstance(v, list | tuple) and len(v) == 2 for v in (rows, cols)):
+            return (amount(rows[0]), amount(rows[1])), (amount(cols[0]), amount(cols[1]))
+        return (amount(rows), amount(rows)), (amount(cols), amount(cols))
+    raise ValueError("cropping must be an int, (rows, columns) or ((top, bottom), (left, "
+                     f"right)), got {cropping!r}")
+
+
 class Flatten(Layer):
     """(N, d1, d2, ...) -> (N, d1*d2*...), in C order (C, H, W for images, as PyTorch)."""
 
@@ -440,7 +502,8 @@ class Activation(Layer):
 
 
 LAYER_TYPES: dict[str, type[Layer]] = {
-    cls.__name__: cls for cls in (Dense, Conv2D, MaxPooling2D, Flatten, Dropout, Activation)
+    cls.__name__: cls
+    for cls in (Dense, Conv2D, MaxPooling2D, Cropping2D, Flatten, Dropout, Activation)
 }
 
 
@@ -462,6 +525,7 @@ __all__ = [
     "LAYER_TYPES",
     "Activation",
     "Conv2D",
+    "Cropping2D",
     "Dense",
     "Dropout",
     "Flatten",
