@@ -102,8 +102,12 @@ def test_the_model_is_small_and_strided():
     model = fast_model()
     model.build()
     shapes = [layer.output_shape for layer in model.layers]
-    assert shapes[:3] == [(16, 12, 12), (32, 10, 10), (32, 5, 5)]
-    assert model.count_params() == 108_874
+    assert shapes[:4] == [(1, 24, 24), (16, 10, 10), (32, 8, 8), (32, 4, 4)]
+    assert model.count_params() == 105_482
+    uncropped = fast_model(crop=0, dense=128)
+    uncropped.build()
+    assert uncropped.layers[1].output_shape == (32, 10, 10)
+    assert uncropped.count_params() == 108_874
     assert RECIPES["fast"].defaults == FAST_DEFAULTS
 
 
