@@ -6,9 +6,10 @@
 Against the public one-epoch 99% net written in plain PyTorch, trained in the same
 benchmark run (benchmarks/time_to_accuracy.py), on 2 cores: about 0.45-0.55x its
 training time on the torch engine and 0.85-1.15x on the NumPy engine, measured on an
-AVX512 CPU without bfloat16 (Ice Lake; where the CPU has AVX512-BF16 or AMX the torch
-engine runs bfloat16 autocast and gets about 0.4x). Test accuracy over seeds 0-9:
-0.9902-0.9924 on the torch engine, where the reference net reaches 0.989-0.990.
+AVX512 CPU without bfloat16 (Ice Lake). Where the CPU has AVX512-BF16 or AMX the torch
+engine runs bfloat16 autocast: the earlier, uncropped net measured 0.39-0.53x there.
+Test accuracy over seeds 0-9: 0.9902-0.9924 on the torch engine, where the reference
+net reaches 0.989-0.990.
 
 What makes one epoch enough, and cheap (each measured; see benchmarks/time_to_accuracy.py):
 
