@@ -344,12 +344,14 @@ def wait_quiet(enabled: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            print(f"--set {item!r}: expected KEY=VALUE", file=sys.stderr)
-            return 2
-        OVERRIDES[key.strip()] = value.strip()
+    from mnistlab.cli.train import overrides_from
+    from mnistlab.errors import MnistlabError
+
+    try:  # parsed as `mnistlab train --set` parses them (only --set: --seed is ours)
+        OVERRIDES.update(overrides_from(argparse.Namespace(set=args.set)))
+    except MnistlabError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     if args.worker:
         print(json.dumps(run_worker(args.worker, args.seed, args.quick)))
         return 0

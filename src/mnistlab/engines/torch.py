@@ -193,16 +193,14 @@ class TorchMaxPooling2D(SpecLayer):
 
 
 class TorchCropping2D(SpecLayer):
-    """Cropping2D: a slice of H and W."""
+    """Cropping2D: the same slice of H and W (the NumPy layer's ``kept`` index)."""
 
-    def __init__(self, cropping: tuple[tuple[int, int], tuple[int, int]],
-                 out_hw: tuple[int, int]) -> None:
+    def __init__(self, kept: tuple[slice, ...]) -> None:
         super().__init__()
-        (self.top, _), (self.left, _) = cropping
-        self.out_h, self.out_w = out_hw
+        self.kept = kept
 
     def pre_activation(self, x: Tensor) -> Tensor:
-        return x[:, :, self.top : self.top + self.out_h, self.left : self.left + self.out_w]
+        return x[self.kept]
 
 
 class TorchFlatten(SpecLayer):
@@ -245,7 +243,7 @@ def torch_layer(layer: np_layers.Layer, dtype: torch.dtype = torch.float32) -> S
     elif kind == "MaxPooling2D":
         module = TorchMaxPooling2D(layer.pool_size, layer.strides, layer.pads)
     elif kind == "Cropping2D":
-        module = TorchCropping2D(layer.cropping, layer.output_shape[1:])
+        module = TorchCropping2D(layer.kept)
     elif kind == "Flatten":
         module = TorchFlatten()
     elif kind == "Dropout":

@@ -393,18 +393,16 @@ class Cropping2D(Layer):
             raise ValueError(f"cropping {self.cropping} leaves nothing of a {h}x{w} image")
         self.input_shape = tuple(input_shape)
         self.output_shape = (c, h - top - bottom, w - left - right)
+        # the index of what is kept, (N, C, H, W): both passes (and the torch engine) use it
+        self.kept = (slice(None), slice(None), slice(top, h - bottom), slice(left, w - right))
         return self.output_shape
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        (top, _), (left, _) = self.cropping
-        _, h, w = self.output_shape
-        return x[:, :, top : top + h, left : left + w]  # a view: no copy
+        return x[self.kept]  # a view: no copy
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        (top, _), (left, _) = self.cropping
-        _, h, w = self.output_shape
         dx = np.zeros((len(dy), *self.input_shape), dtype=dy.dtype)  # the border had no effect
-        dx[:, :, top : top + h, left : left + w] = dy
+        dx[self.kept] = dy
         return dx
 
     def get_config(self) -> dict:
