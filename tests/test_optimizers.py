@@ -123,3 +123,25 @@ def test_a_non_finite_update_is_refused_and_changes_no_weight(make) -> None:
         make().update(params, grads)
     np.testing.assert_array_equal(params["0.W"], 1.0)  # not even the finite one moved
     np.testing.assert_array_equal(params["0.b"], 1.0)
+
+
+def test_a_parameter_split_across_threads_is_moved_back_when_another_share_diverges() -> None:
+    # 2 threads cut this parameter in two; only the second half of its gradient is bad,
+    # so the first share applies its steps before the second finds its own are not finite.
+    start = np.random.default_rng(0).standard_normal(600_000).astype(np.float32)
+    grad = np.ones_like(start)
+    grad[-1] = np.nan
+    params, opt = {"0.W": start.copy()}, Adam(0.1)
+    opt.threads = 2
+    assert len(opt._shares(params, {"0.W": grad})) == 2
+    with np.errstate(invalid="ignore"), pytest.raises(TrainingDivergedError, match="unchanged"):
+        opt.update(params, {"0.W": grad})
+    np.testing.assert_allclose(params["0.W"], start, rtol=0, atol=1e-6)  # back, within rounding
+    np.testing.assert_array_equal(params["0.W"][300_000:], start[300_000:])  # never moved
+
+
+def test_adam_scales_float32_moments_by_a_python_float() -> None:
+    # a NumPy float64 scalar would make every float32 ufunc run in float64 and cast back
+    opt = Adam()
+    opt.update({"0.W": np.ones(3, np.float32)}, {"0.W": np.ones(3, np.float32)})
+    assert type(opt.alpha) is float

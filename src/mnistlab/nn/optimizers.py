@@ -6,15 +6,16 @@ as long as the names do. A preallocated scratch array per parameter keeps the
 update free of temporaries, which matters for the 3M-parameter CNN.
 
 Each rule is written once, in ``step``: the amount to subtract from a parameter.
-``update`` computes every step first and applies them only if all are finite, so a
-diverging run keeps its last good weights. Large parameters are cut into contiguous
-pieces that ``threads`` threads (the caller's included) handle at once (NumPy releases
-the GIL inside ufuncs), as PyTorch spreads its elementwise kernels over its threads.
+``update`` applies a step only if every step is finite, so a diverging run keeps its last
+good weights. Large parameters are cut into contiguous pieces that ``threads`` threads
+(the caller's included) handle at once (NumPy releases the GIL inside ufuncs), as
+PyTorch spreads its elementwise kernels over its threads.
 """
 
 from __future__ import annotations
 
 import contextvars
+import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -59,13 +60,22 @@ class Optimizer:
 
     def update(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
         """Apply one step to every parameter, or to none: TrainingDivergedError if any step
-        has a NaN or an infinity (the optimizer's own state is then not to be trusted)."""
+        has a NaN or an infinity (the optimizer's own state is then not to be trusted).
+
+        Each thread computes the steps of its share and applies them at once, while they
+        are still in cache: a separate pass to apply them would cost 7% of an MLP training
+        step. In the rare case where one share's steps are finite and another's are not,
+        the share that moved is moved back (w + step), which restores it to within rounding.
+        """
         self.iterations += 1
         shares = self._shares(params, grads)
-        if not all(self._run(self._finite_steps, shares)):
+        applied = self._run(self._step_share, shares)
+        if not all(applied):
+            for share, moved in zip(shares, applied, strict=True):
+                for p, _, state in share if moved else ():
+                    np.add(p, state["scratch"], out=p)
             raise TrainingDivergedError("the update has NaN or infinite values; "
                                         "the weights were left unchanged")
-        self._run(self._apply_steps, shares)
 
     def _shares(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray],
                 ) -> list[list[Piece]]:
@@ -93,18 +103,14 @@ class Optimizer:
                 work[k] += p_s.size
         return [share for share in shares if share]
 
-    def _finite_steps(self, share: list[Piece]) -> bool:
-        finite = [self._finite_step(*piece) for piece in share]  # every step, even after a bad one
-        return all(finite)
-
-    def _finite_step(self, p: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> bool:
-        step = self.step(g, state)
-        return bool(np.isfinite(step.sum()))  # one NaN or inf makes the sum NaN or inf
-
-    @staticmethod
-    def _apply_steps(share: list[Piece]) -> None:
-        for p, _, state in share:
-            np.subtract(p, state["scratch"], out=p)
+    def _step_share(self, share: list[Piece]) -> bool:
+        """Compute every step of a share; apply them if all are finite. True if applied."""
+        steps = [self.step(g, state) for _, g, state in share]  # every step, even after a bad one
+        if not all(np.isfinite(step.sum()) for step in steps):  # a NaN or inf makes the sum so
+            return False
+        for (p, _, _), step in zip(share, steps, strict=True):
+            np.subtract(p, step, out=p)
+        return True
 
     def _run(self, fn: Callable[[list[Piece]], Any], shares: list[list[Piece]]) -> list[Any]:
         """fn(share) for every share: the first in this thread, the others in the pool's."""
@@ -214,7 +220,9 @@ class Adam(Optimizer):
 
     def update(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
         t = self.iterations + 1  # bias correction for this step, shared by all parameters
-        self.alpha = self.lr * np.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
+        # A Python float, not np.float64: float32 moments times a NumPy float64 scalar
+        # would be computed in float64 and cast back, 5x slower than the float32 loop.
+        self.alpha = self.lr * math.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
         super().update(params, grads)
 
     def step(self, g: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
