@@ -7,15 +7,20 @@
 Rows: one training epoch of the MLP 784-1000relu-10 and of the CNN (Adam, batch 100), and
 inference on the 10,000 test images in one call (``predict(x_test)`` vs ``net(x_test)``).
 Goals (numpy time / torch time): MLP epoch <= 1.0, CNN epoch <= 2.0, inference <= 1.0.
-Each engine runs in its own process with the same thread count. The engines take turns for
-``--rounds`` rounds (who goes first alternates) and each time is the median of its rounds,
-so that a slow minute on a shared machine does not decide a ratio. Time it on a quiet machine.
+
+Each engine runs in its own process (idle BLAS/OpenMP threads of one library would spin
+and steal cores from the other), and the two take turns: ``--chunk`` training steps of
+one, then of the other (who goes first alternates), and one inference call each, in turn.
+An engine's epoch time is the sum of its turns, its inference time the median of its
+calls. On a shared machine whose speed drifts by tens of percent from one minute to the
+next, this pairs every piece of one engine's work with the other's done moments apart.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -24,6 +29,7 @@ import time
 from typing import Any
 
 GOALS = {"mlp epoch": 1.0, "cnn epoch": 2.0, "mlp inference": 1.0, "cnn inference": 1.0}
+SETTLE_S = 0.02  # pause between turns: lets the last engine's spinning threads go to sleep
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,9 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test", type=int, default=None, help="test images (default 10,000)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="for numpy and torch")
-    p.add_argument("--repeat", type=int, default=3, help="inference runs; the best counts")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="runs of each engine, taking turns; the median counts (default 3)")
+    p.add_argument("--chunk", type=int, default=20,
+                   help="training steps per turn (default 20)")
+    p.add_argument("--repeat", type=int, default=7,
+                   help="inference calls per engine, in turn; the median counts (default 7)")
     p.add_argument("--only", default="mlp,cnn", help="comma list of models: mlp, cnn")
     p.add_argument("--json", default=None, help="also write the results to this file")
     p.add_argument("--engine", choices=("numpy", "torch"), help=argparse.SUPPRESS)
@@ -107,13 +114,71 @@ def to_torch(model: Any) -> Any:
     return nn.Sequential(*modules)  # softmax lives in CrossEntropyLoss
 
 
-def torch_epoch(net: Any, x: Any, t: Any, batch_size: int, order: Any) -> float:
-    """One epoch of Adam + cross-entropy in torch with our batch order; returns seconds."""
+class Turn:
+    """The child's side of taking turns: wait for the parent's word, time the work, report.
+
+    The clock runs only between ``begin`` and ``pause``/``end``; while the other engine
+    has its turn this process sits blocked on its stdin."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+
+    @staticmethod
+    def wait() -> str:
+        return sys.stdin.readline().strip()
+
+    @staticmethod
+    def say(text: str) -> None:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    def begin(self) -> None:
+        if self.wait() != "go":
+            raise SystemExit("bench_engine child: expected 'go'")
+        self.started = time.perf_counter()
+
+    def end(self) -> None:
+        self.say(repr(time.perf_counter() - self.started))
+
+    def pause(self) -> None:
+        self.end()
+        self.begin()
+
+
+class PauseEvery:
+    """A fit() callback: hand the turn over after every ``chunk`` steps but the last."""
+
+    def __init__(self, turn: Turn, chunk: int, steps: int) -> None:
+        self.turn, self.chunk, self.steps = turn, chunk, steps
+
+    def on_batch_end(self, step: int, logs: dict[str, float]) -> None:
+        if step % self.chunk == 0 and step < self.steps:
+            self.turn.pause()
+
+
+def numpy_epoch(model: Any, x: Any, t: Any, args: argparse.Namespace, turn: Turn) -> None:
+    """One epoch of the real user path, ``model.fit``, paused every ``args.chunk`` steps."""
+    n = args.batch_size
+    for start in range(0, 3 * n, n):  # warm-up, not timed
+        model.train_step(x[start : start + n], t[start : start + n])
+    steps = math.ceil(len(x) / n)
+    turn.say(f"ready {steps}")
+    turn.begin()
+    model.fit(x, t, epochs=1, batch_size=args.batch_size, seed=0, verbose=0,
+              callbacks=[PauseEvery(turn, args.chunk, steps)])
+    turn.end()
+
+
+def torch_epoch(net: Any, x: Any, t: Any, args: argparse.Namespace, turn: Turn) -> None:
+    """One epoch of Adam + cross-entropy in torch, in the batch order our fit uses."""
     import torch
+
+    from mnistlab.training import epoch_order
 
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-7)
     loss_fn = torch.nn.CrossEntropyLoss()
-    xt, tt, idx = torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(order)
+    xt, tt = torch.from_numpy(x), torch.from_numpy(t)
+    idx = torch.from_numpy(epoch_order(len(x), 0, True, 0))
     net.train()
 
     def step(i: Any) -> None:
@@ -121,119 +186,159 @@ def torch_epoch(net: Any, x: Any, t: Any, batch_size: int, order: Any) -> float:
         loss_fn(net(xt.index_select(0, i)), tt.index_select(0, i)).backward()
         opt.step()
 
-    for start in range(0, 3 * batch_size, batch_size):  # warm-up, not timed
-        step(idx[start : start + batch_size])
-    began = time.perf_counter()
-    for start in range(0, len(x), batch_size):
-        step(idx[start : start + batch_size])
-    return time.perf_counter() - began
+    for start in range(0, 3 * args.batch_size, args.batch_size):  # warm-up, not timed
+        step(idx[start : start + args.batch_size])
+    steps = math.ceil(len(x) / args.batch_size)
+    turn.say(f"ready {steps}")
+    turn.begin()
+    for k, start in enumerate(range(0, len(x), args.batch_size), start=1):
+        step(idx[start : start + args.batch_size])
+        if k % args.chunk == 0 and k < steps:
+            turn.pause()
+    turn.end()
 
 
-def numpy_epoch(model: Any, x: Any, t: Any, batch_size: int) -> float:
-    for start in range(0, 3 * batch_size, batch_size):  # warm-up, not timed
-        model.train_step(x[start : start + batch_size], t[start : start + batch_size])
-    began = time.perf_counter()
-    model.fit(x, t, epochs=1, batch_size=batch_size, seed=0, verbose=0)
-    return time.perf_counter() - began
-
-
-def best_of(repeat: int, fn: Any) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        began = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - began)
-    return min(times)
-
-
-def run_engine(engine: str, kind: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Train one epoch and time inference with one engine (in its own process)."""
+def run_engine(engine: str, kind: str, args: argparse.Namespace) -> None:
+    """The child: set up one engine and model, then train and infer when told to."""
     import numpy as np
 
     x_train, t_train, x_test, t_test = load(args)
-    model = build(kind)
+    model, turn = build(kind), Turn()
     if engine == "numpy":
-        epoch = numpy_epoch(model, x_train, t_train, args.batch_size)
-        infer = best_of(args.repeat, lambda: model.predict(x_test))
-        predicted = model.predict(x_test).argmax(1)
+        numpy_epoch(model, x_train, t_train, args, turn)
+
+        def predict() -> Any:
+            return model.predict(x_test)
     else:
         import torch
 
-        from mnistlab.training import epoch_order
-
         torch.set_num_threads(args.threads)
-        net = to_torch(model)
-        order = epoch_order(len(x_train), 0, True, 0)  # the order our fit uses
-        epoch = torch_epoch(net, x_train, t_train, args.batch_size, order)
+        net = to_torch(model)  # the same initial weights
+        torch_epoch(net, x_train, t_train, args, turn)
         net.eval()
-        with torch.inference_mode():
-            xt = torch.from_numpy(x_test)
-            infer = best_of(args.repeat, lambda: net(xt))
-            predicted = net(xt).argmax(1).numpy()
-    return {"epoch_s": epoch, "inference_s": infer,
-            "test_accuracy": float(np.mean(predicted == t_test)),
-            "n_train": len(x_train), "n_test": len(x_test)}
+        xt = torch.from_numpy(x_test)
+
+        def predict() -> Any:
+            with torch.inference_mode():
+                return net(xt).numpy()
+    while turn.wait() in ("warm-up", "infer"):  # a warm-up call first, on its turn too
+        began = time.perf_counter()
+        predict()
+        turn.say(repr(time.perf_counter() - began))
+    accuracy = float(np.mean(predict().argmax(1) == t_test))
+    turn.say(json.dumps({"test_accuracy": accuracy, "n_train": len(x_train),
+                         "n_test": len(x_test)}))
+
+
+class Child:
+    """The parent's handle on one engine's process."""
+
+    def __init__(self, engine: str, kind: str, argv: list[str]) -> None:
+        self.engine = engine
+        cmd = [sys.executable, __file__, *argv, "--engine", engine, "--only", kind]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+
+    def tell(self, word: str) -> None:
+        self.proc.stdin.write(word + "\n")
+        self.proc.stdin.flush()
+
+    def hear(self) -> str:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"the {self.engine} process ended early "
+                             f"(exit {self.proc.wait()}); its errors are above")
+        return line.strip()
+
+    def turn(self, word: str) -> float:
+        self.tell(word)
+        seconds = float(self.hear())
+        time.sleep(SETTLE_S)
+        return seconds
+
+
+def compare(kind: str, argv: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Both engines on one model, taking turns; rows for the epoch and for inference."""
+    children = [Child("numpy", kind, argv), Child("torch", kind, argv)]
+    try:
+        steps = {child.hear() for child in children}  # "ready <steps in the epoch>"
+        if len(steps) != 1:
+            raise SystemExit(f"the engines disagree on the epoch: {sorted(steps)}")
+        turns = math.ceil(int(steps.pop().split()[1]) / args.chunk)
+        epoch = take_turns(children, turns, "go")
+        take_turns(children, 1, "warm-up")
+        infer = take_turns(children, args.repeat, "infer")
+        finals = {}
+        for child in children:
+            child.tell("stop")
+            finals[child.engine] = json.loads(child.hear())
+    finally:
+        for child in children:
+            if child.proc.poll() is None:
+                child.proc.kill()
+            child.proc.wait()
+    rows = [{"name": f"{kind} epoch", **{f"{e}_s": sum(t) for e, t in epoch.items()},
+             **{f"{e}_turns_s": t for e, t in epoch.items()}},
+            {"name": f"{kind} inference",
+             **{f"{e}_s": statistics.median(t) for e, t in infer.items()},
+             **{f"{e}_calls_s": t for e, t in infer.items()},
+             "accuracy_numpy": finals["numpy"]["test_accuracy"],
+             "accuracy_torch": finals["torch"]["test_accuracy"],
+             "n_train": finals["numpy"]["n_train"], "n_test": finals["numpy"]["n_test"]}]
+    return rows
+
+
+def take_turns(children: list[Child], turns: int, word: str) -> dict[str, list[float]]:
+    """``turns`` rounds of ``word`` to each child, the first one alternating."""
+    times: dict[str, list[float]] = {child.engine: [] for child in children}
+    for k in range(turns):
+        for child in children if k % 2 == 0 else children[::-1]:
+            times[child.engine].append(child.turn(word))
+    return times
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)  # before numpy and torch load their BLAS
-    if args.engine:  # child process: one engine, one model, JSON on stdout
+    if args.engine:  # child process: one engine, one model, taking turns
         import mnistlab  # noqa: F401  first, as in a user's script: it tunes OpenBLAS's threads
-        print(json.dumps(run_engine(args.engine, args.only, args)))
+
+        run_engine(args.engine, args.only, args)
         return 0
-    # Each engine runs in its own process: idle BLAS/OpenMP threads of one library
-    # spin for a while and would steal cores from the other.
+    if args.chunk < 1 or args.repeat < 1:
+        raise SystemExit("--chunk and --repeat must be at least 1")
     argv = sys.argv[1:] if argv is None else argv
-    if args.rounds < 1:
-        raise SystemExit("--rounds must be at least 1")
-    results, sizes = [], {}
-    for kind in args.only.split(","):
-        runs: dict[str, list[dict[str, Any]]] = {"numpy": [], "torch": []}
-        for round_ in range(args.rounds):
-            engines = ("numpy", "torch") if round_ % 2 == 0 else ("torch", "numpy")
-            for engine in engines:
-                cmd = [sys.executable, __file__, *argv, "--engine", engine, "--only", kind]
-                done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-                if done.returncode != 0:
-                    sys.stderr.write(done.stderr)
-                    return done.returncode
-                runs[engine].append(json.loads(done.stdout.strip().splitlines()[-1]))
-        first = runs["numpy"][0]
-        sizes = {"n_train": first["n_train"], "n_test": first["n_test"]}
-        for what, key in (("epoch", "epoch_s"), ("inference", "inference_s")):
-            results.append({"name": f"{kind} {what}",
-                            **{f"{engine}_s": statistics.median(r[key] for r in runs[engine])
-                               for engine in runs},
-                            **{f"{engine}_rounds_s": [r[key] for r in runs[engine]]
-                               for engine in runs}})
-        results[-1].update(accuracy_numpy=first["test_accuracy"],
-                           accuracy_torch=runs["torch"][0]["test_accuracy"])
-    report(results, args, sizes["n_train"], sizes["n_test"])
+    results = [row for kind in args.only.split(",") for row in compare(kind, argv, args)]
+    report(results, args)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump({"args": vars(args), "results": results}, handle, indent=2)
     return 0
 
 
-def report(results: list[dict[str, Any]], args: argparse.Namespace, n_train: int,
-           n_test: int) -> None:
+def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     data = "synthetic" if args.synthetic else "MNIST"
-    print(f"{data}: epoch = {n_train} training images, batch {args.batch_size}; inference = "
-          f"{n_test} test images in one call; {args.threads} threads; NumPy engine vs PyTorch "
-          f"CPU, each in its own process; median of {args.rounds} rounds")
+    sizes = next(row for row in results if "n_train" in row)
+    print(f"{data}: epoch = {sizes['n_train']} training images, batch {args.batch_size}; "
+          f"inference = {sizes['n_test']} test images in one call; {args.threads} threads; "
+          f"NumPy engine vs PyTorch CPU in two processes taking turns ({args.chunk} steps "
+          f"a turn; inference: median of {args.repeat} calls each)")
     print(f"{'benchmark':<20}{'numpy s':>10}{'torch s':>10}{'ratio':>8}{'goal':>7}  ok")
     for row in results:
         ratio, goal = row["numpy_s"] / row["torch_s"], GOALS[row["name"]]
         row.update(ratio=ratio, goal=goal, ok=ratio <= goal)
         print(f"{row['name']:<20}{row['numpy_s']:>10.3f}{row['torch_s']:>10.3f}{ratio:>8.2f}"
               f"{goal:>7.1f}  {'yes' if row['ok'] else 'NO'}")
-    accs = [r for r in results if "accuracy_numpy" in r]
-    for row in accs:
-        print(f"  test accuracy after 1 epoch, {row['name'].split()[0]}: "
-              f"numpy {row['accuracy_numpy']:.4f}, torch {row['accuracy_torch']:.4f}")
+    for row in results:
+        if "n_train" in row:
+            for engine in ("numpy", "torch"):
+                calls = " ".join(f"{t:.3f}" for t in row[f"{engine}_calls_s"])
+                print(f"  {row['name']}, {engine} calls: {calls}")
+    for row in results:
+        if "accuracy_numpy" in row:
+            print(f"  test accuracy after 1 epoch, {row['name'].split()[0]}: "
+                  f"numpy {row['accuracy_numpy']:.4f}, torch {row['accuracy_torch']:.4f}")
 
 
 if __name__ == "__main__":
