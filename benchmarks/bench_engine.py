@@ -5,7 +5,8 @@
     python benchmarks/bench_engine.py --synthetic     # random data with MNIST's shapes
 
 Rows: one training epoch of the MLP 784-1000relu-10 and of the CNN (Adam, batch 100), and
-inference on the 10,000 test images in one call (``predict(x_test)`` vs ``net(x_test)``).
+inference on the 10,000 test images in one call (``predict(x_test)`` vs
+``net(x_test).softmax(1)``: class probabilities from both).
 Goals (numpy time / torch time): MLP epoch <= 1.0, CNN epoch <= 2.0, inference <= 1.0.
 
 Each engine runs in its own process (idle BLAS/OpenMP threads of one library would spin
@@ -218,9 +219,9 @@ def run_engine(engine: str, kind: str, args: argparse.Namespace) -> None:
         net.eval()
         xt = torch.from_numpy(x_test)
 
-        def predict() -> Any:
+        def predict() -> Any:  # probabilities, as predict() gives: the same work
             with torch.inference_mode():
-                return net(xt).numpy()
+                return net(xt).softmax(1).numpy()
     while turn.wait() in ("warm-up", "infer"):  # a warm-up call first, on its turn too
         began = time.perf_counter()
         predict()
