@@ -15,6 +15,7 @@ one, then of the other (who goes first alternates), and one inference call each,
 An engine's epoch time is the sum of its turns, its inference time the median of its
 calls. On a shared machine whose speed drifts by tens of percent from one minute to the
 next, this pairs every piece of one engine's work with the other's done moments apart.
+``--rounds N`` repeats all of it with fresh processes and reports medians.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="training steps per turn (default 20)")
     p.add_argument("--repeat", type=int, default=7,
                    help="inference calls per engine, in turn; the median counts (default 7)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="fresh pairs of processes per model; medians count (default 1)")
     p.add_argument("--only", default="mlp,cnn", help="comma list of models: mlp, cnn")
     p.add_argument("--json", default=None, help="also write the results to this file")
     p.add_argument("--engine", choices=("numpy", "torch"), help=argparse.SUPPRESS)
@@ -307,15 +310,31 @@ def main(argv: list[str] | None = None) -> int:
 
         run_engine(args.engine, args.only, args)
         return 0
-    if args.chunk < 1 or args.repeat < 1:
-        raise SystemExit("--chunk and --repeat must be at least 1")
+    if min(args.chunk, args.repeat, args.rounds) < 1:
+        raise SystemExit("--chunk, --repeat and --rounds must be at least 1")
     argv = sys.argv[1:] if argv is None else argv
-    results = [row for kind in args.only.split(",") for row in compare(kind, argv, args)]
+    results = []
+    for kind in args.only.split(","):
+        rounds = [compare(kind, argv, args) for _ in range(args.rounds)]
+        results += [combine([r[i] for r in rounds]) for i in range(len(rounds[0]))]
     report(results, args)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump({"args": vars(args), "results": results}, handle, indent=2)
     return 0
+
+
+def combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the same row of each round: medians of times and of ratios.
+
+    Each round's ratio pairs two processes that ran side by side; the median over rounds
+    keeps one unlucky pair of processes (memory placement, a noisy minute) from deciding."""
+    ratios = [r["numpy_s"] / r["torch_s"] for r in rounds]
+    combined = {**rounds[0], "ratio": statistics.median(ratios), "round_ratios": ratios}
+    for engine in ("numpy", "torch"):
+        combined[f"{engine}_rounds_s"] = [r[f"{engine}_s"] for r in rounds]
+        combined[f"{engine}_s"] = statistics.median(combined[f"{engine}_rounds_s"])
+    return combined  # the turns and calls kept are round 1's
 
 
 def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
@@ -324,18 +343,22 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"{data}: epoch = {sizes['n_train']} training images, batch {args.batch_size}; "
           f"inference = {sizes['n_test']} test images in one call; {args.threads} threads; "
           f"NumPy engine vs PyTorch CPU in two processes taking turns ({args.chunk} steps "
-          f"a turn; inference: median of {args.repeat} calls each)")
-    print(f"{'benchmark':<20}{'numpy s':>10}{'torch s':>10}{'ratio':>8}{'goal':>7}  ok")
+          f"a turn; inference: median of {args.repeat} calls each); median of {args.rounds} "
+          f"round(s) of fresh processes")
+    print(f"{'benchmark':<20}{'numpy s':>10}{'torch s':>10}{'ratio':>8}{'goal':>7}  ok"
+          f"{'  ratio in each round' if args.rounds > 1 else ''}")
     for row in results:
-        ratio, goal = row["numpy_s"] / row["torch_s"], GOALS[row["name"]]
-        row.update(ratio=ratio, goal=goal, ok=ratio <= goal)
+        ratio, goal = row["ratio"], GOALS[row["name"]]
+        row.update(goal=goal, ok=ratio <= goal)
+        each = "  " + " ".join(f"{r:.2f}" for r in row["round_ratios"]) if args.rounds > 1 else ""
         print(f"{row['name']:<20}{row['numpy_s']:>10.3f}{row['torch_s']:>10.3f}{ratio:>8.2f}"
-              f"{goal:>7.1f}  {'yes' if row['ok'] else 'NO'}")
+              f"{goal:>7.1f}  {'yes' if row['ok'] else 'NO ':<3}{each}")
     for row in results:
         if "n_train" in row:
             for engine in ("numpy", "torch"):
                 calls = " ".join(f"{t:.3f}" for t in row[f"{engine}_calls_s"])
-                print(f"  {row['name']}, {engine} calls: {calls}")
+                first = " (round 1)" if args.rounds > 1 else ""
+                print(f"  {row['name']}, {engine} calls{first}: {calls}")
     for row in results:
         if "accuracy_numpy" in row:
             print(f"  test accuracy after 1 epoch, {row['name'].split()[0]}: "
