@@ -15,7 +15,8 @@ one, then of the other (who goes first alternates), and one inference call each,
 An engine's epoch time is the sum of its turns, its inference time the median of its
 calls. On a shared machine whose speed drifts by tens of percent from one minute to the
 next, this pairs every piece of one engine's work with the other's done moments apart.
-``--rounds N`` repeats all of it with fresh processes and reports medians.
+``--rounds N`` repeats all of it with fresh processes (the engine started first alternates)
+and reports medians.
 """
 
 from __future__ import annotations
@@ -261,9 +262,14 @@ class Child:
         return seconds
 
 
-def compare(kind: str, argv: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Both engines on one model, taking turns; rows for the epoch and for inference."""
-    children = [Child("numpy", kind, argv), Child("torch", kind, argv)]
+def compare(kind: str, argv: list[str], args: argparse.Namespace,
+            numpy_first: bool = True) -> list[dict[str, Any]]:
+    """Both engines on one model, taking turns; rows for the epoch and for inference.
+
+    ``numpy_first``: which process is started, and has the first turn; rounds alternate
+    it, so that neither engine always gets the first process's memory or the first turn."""
+    engines = ("numpy", "torch") if numpy_first else ("torch", "numpy")
+    children = [Child(engine, kind, argv) for engine in engines]
     try:
         steps = {child.hear() for child in children}  # "ready <steps in the epoch>"
         if len(steps) != 1:
@@ -315,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     results = []
     for kind in args.only.split(","):
-        rounds = [compare(kind, argv, args) for _ in range(args.rounds)]
+        rounds = [compare(kind, argv, args, numpy_first=r % 2 == 0) for r in range(args.rounds)]
         results += [combine([r[i] for r in rounds]) for i in range(len(rounds[0]))]
     report(results, args)
     if args.json:
