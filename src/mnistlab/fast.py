@@ -155,7 +155,11 @@ class LearningRateSchedule:
 
 
 def fast_model(
-    conv1: int = 16, conv2: int = 32, dense: int = 192, seed: int | None = 0, crop: int = 2
+    conv1: int = FAST_DEFAULTS["conv1"],
+    conv2: int = FAST_DEFAULTS["conv2"],
+    dense: int = FAST_DEFAULTS["dense"],
+    seed: int | None = 0,
+    crop: int = FAST_DEFAULTS["crop"],
 ) -> Sequential:
     """The fast net: crop - 5x5 stride-2 conv - 3x3 conv - 2x2 max pool - dense - 10.
 

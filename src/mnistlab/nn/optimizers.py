@@ -78,9 +78,9 @@ class Optimizer:
                 if not sliced:
                     np.subtract(p, state["scratch"], out=p)
             return
-        moved = [piece for share, ok in zip(shares, finite, strict=True) if ok
-                 for piece in share if piece[3]]
-        for p, _, state, _ in moved:
+        moved = [(p, state) for share, ok in zip(shares, finite, strict=True) if ok
+                 for p, _, state, sliced in share if sliced]
+        for p, state in moved:
             np.add(p, state["scratch"], out=p)
         where = "moved back, to within rounding" if moved else "left unchanged"
         raise TrainingDivergedError(f"the update has NaN or infinite values; "
