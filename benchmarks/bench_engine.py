@@ -16,7 +16,8 @@ An engine's epoch time is the sum of its turns, its inference time the median of
 calls. On a shared machine whose speed drifts by tens of percent from one minute to the
 next, this pairs every piece of one engine's work with the other's done moments apart.
 ``--rounds N`` repeats all of it with fresh processes (the engine started first alternates)
-and reports medians.
+and reports medians. On a virtual machine, the share of CPU time its host took back
+("steal", from /proc/stat) during each round is printed too: it says how noisy a run was.
 """
 
 from __future__ import annotations
@@ -262,6 +263,24 @@ class Child:
         return seconds
 
 
+def cpu_steal() -> tuple[int, int] | None:
+    """(steal, total) CPU ticks of the whole machine so far, or None where not reported."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            fields = [int(v) for v in handle.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice: counted in user]
+    return (fields[7], sum(fields[:8])) if len(fields) >= 8 else None
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """Fraction of the machine's CPU time its host took back between two ``cpu_steal()``."""
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def compare(kind: str, argv: list[str], args: argparse.Namespace,
             numpy_first: bool = True) -> list[dict[str, Any]]:
     """Both engines on one model, taking turns; rows for the epoch and for inference.
@@ -270,6 +289,7 @@ def compare(kind: str, argv: list[str], args: argparse.Namespace,
     it, so that neither engine always gets the first process's memory or the first turn."""
     engines = ("numpy", "torch") if numpy_first else ("torch", "numpy")
     children = [Child(engine, kind, argv) for engine in engines]
+    started = cpu_steal()
     try:
         steps = {child.hear() for child in children}  # "ready <steps in the epoch>"
         if len(steps) != 1:
@@ -287,8 +307,9 @@ def compare(kind: str, argv: list[str], args: argparse.Namespace,
             if child.proc.poll() is None:
                 child.proc.kill()
             child.proc.wait()
+    steal = steal_share(started, cpu_steal())
     rows = [{"name": f"{kind} epoch", **{f"{e}_s": sum(t) for e, t in epoch.items()},
-             **{f"{e}_turns_s": t for e, t in epoch.items()}},
+             **{f"{e}_turns_s": t for e, t in epoch.items()}, "steal": steal},
             {"name": f"{kind} inference",
              **{f"{e}_s": statistics.median(t) for e, t in infer.items()},
              **{f"{e}_calls_s": t for e, t in infer.items()},
@@ -337,6 +358,8 @@ def combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     keeps one unlucky pair of processes (memory placement, a noisy minute) from deciding."""
     ratios = [r["numpy_s"] / r["torch_s"] for r in rounds]
     combined = {**rounds[0], "ratio": statistics.median(ratios), "round_ratios": ratios}
+    if "steal" in rounds[0]:
+        combined["round_steal"] = [r["steal"] for r in rounds]
     for engine in ("numpy", "torch"):
         combined[f"{engine}_rounds_s"] = [r[f"{engine}_s"] for r in rounds]
         combined[f"{engine}_s"] = statistics.median(combined[f"{engine}_rounds_s"])
@@ -365,6 +388,12 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
                 calls = " ".join(f"{t:.3f}" for t in row[f"{engine}_calls_s"])
                 first = " (round 1)" if args.rounds > 1 else ""
                 print(f"  {row['name']}, {engine} calls{first}: {calls}")
+    for row in results:
+        steal = row.get("round_steal")
+        if steal and None not in steal:
+            each = " ".join(f"{100 * v:.0f}%" for v in steal)
+            print(f"  CPU time the host took back (steal) during {row['name'].split()[0]}, "
+                  f"by round: {each}")
     for row in results:
         if "accuracy_numpy" in row:
             print(f"  test accuracy after 1 epoch, {row['name'].split()[0]}: "

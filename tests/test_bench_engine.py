@@ -33,3 +33,18 @@ def test_both_engines_take_turns_through_an_epoch_and_inference(tmp_path: Path) 
     assert epoch["ratio"] == pytest.approx(sum(epoch["round_ratios"]) / 2)  # median of two
     assert epoch["numpy_s"] == pytest.approx(sum(epoch["numpy_rounds_s"]) / 2)
     assert "mlp epoch" in done.stdout and "ratio" in done.stdout
+    if Path("/proc/stat").exists():  # the host's share of CPU time, each round
+        assert len(epoch["round_steal"]) == 2
+        assert all(0 <= share <= 1 for share in epoch["round_steal"])
+        assert "steal" in done.stdout
+
+
+def test_steal_is_the_hosts_share_of_cpu_time_between_two_readings() -> None:
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        import bench_engine
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    assert bench_engine.steal_share((10, 1000), (40, 1200)) == pytest.approx(0.15)
+    assert bench_engine.steal_share(None, (40, 1200)) is None  # not reported here
+    assert bench_engine.steal_share((10, 1000), (10, 1000)) is None  # no time passed
