@@ -12,6 +12,7 @@ the logits of the output layer straight to a fused softmax cross-entropy loss.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -53,6 +54,14 @@ class Layer:
     def get_config(self) -> dict:
         """JSON-safe description; ``layer_from_config(get_config())`` rebuilds the layer."""
         return {"type": type(self).__name__}
+
+    def replica(self) -> Layer:
+        """A twin that shares this layer's weights but keeps its own forward caches, so
+        that two threads can run forward on different inputs at once."""
+        twin = copy.copy(self)  # the params dict itself is shared: the same weight arrays
+        if self.activation is not None:
+            twin.activation = copy.copy(self.activation)  # it caches its output too
+        return twin
 
     def _add_param(self, name: str, value: np.ndarray) -> None:
         self.params[name] = value

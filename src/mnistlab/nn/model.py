@@ -9,7 +9,7 @@ and receives dL/dz = (y - t) / N straight back (stable and exact).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,10 +18,12 @@ from mnistlab.errors import TrainingDivergedError
 from mnistlab.nn.layers import Conv2D, Layer, layer_from_config
 from mnistlab.nn.losses import Loss, accuracy, get_loss
 from mnistlab.nn.optimizers import Optimizer, get_optimizer
+from mnistlab.nn.parallel import default_threads, run_each, single_threaded_blas
 from mnistlab.training import History, fit
 
 SPEC_FORMAT, SPEC_VERSION = "mnistlab.model", 1
 DTYPES = ("float32", "float64")
+MIN_PARALLEL_ROWS = 256  # per thread; fewer rows are not worth a thread hand-off
 
 
 class Sequential:
@@ -120,12 +122,17 @@ class Sequential:
     # ---- forward and backward ----------------------------------------------------------
     def prepare_input(self, x: np.ndarray) -> np.ndarray:
         """``x`` in the model's dtype (no copy if it already is), shape-checked."""
+        x = self._checked(x)
+        return x.astype(self.dtype, copy=False)
+
+    def _checked(self, x: np.ndarray) -> np.ndarray:
+        """``x`` as an array of inputs of this model's shape (building it if need be)."""
         x = np.asarray(x)
         self._ensure_built(x)
         if x.shape[1:] != self.input_shape:
             want = ", ".join(map(str, self.input_shape))
             raise ValueError(f"expected inputs of shape (N, {want}), got {x.shape}; reshape them")
-        return x.astype(self.dtype, copy=False)
+        return x
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Outputs for one batch (probabilities after a softmax)."""
@@ -210,19 +217,38 @@ class Sequential:
         return max(1, 2**22 // per_sample)
 
     def predict(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-        """Outputs for all of ``x``, computed in chunks of ``batch_size`` rows (auto if None)."""
-        x = np.asarray(x)
-        self._ensure_built(x)
+        """Outputs for all of ``x``, computed in chunks of at most ``batch_size`` rows (auto
+        if None). With several threads (``parallel.default_threads``), each thread takes
+        whole chunks through the whole model while BLAS keeps each product on one thread:
+        then biases, activations and small products run in parallel too, on chunks that
+        are still in cache, and BLAS has no idle threads spinning on the cores.
+        """
+        x = self._checked(x)  # before any thread starts
         size = batch_size or self.predict_batch_size()
-        if len(x) <= size:
+        threads = default_threads()
+        parallel = threads > 1 and len(x) >= threads * MIN_PARALLEL_ROWS
+        if len(x) <= size and not parallel:
             return self.forward(x)
-        out = None
-        for start in range(0, len(x), size):
-            y = self.forward(x[start : start + size])
-            if out is None:
-                out = np.empty((len(x), *y.shape[1:]), dtype=y.dtype)
-            out[start : start + len(y)] = y
+        out = np.empty((len(x), *self.layers[-1].output_shape), dtype=self.dtype)
+        if not parallel:
+            self._forward_into(self.layers, x, out, iter(range(0, len(x), size)), size)
+            return out
+        chunks = threads * math.ceil(len(x) / (threads * size))  # as many for every thread
+        size = math.ceil(len(x) / chunks)
+        starts = iter(range(0, len(x), size))  # shared: each thread takes the next chunk
+        with single_threaded_blas():
+            run_each(lambda layers: self._forward_into(layers, x, out, starts, size),
+                     [[layer.replica() for layer in self.layers] for _ in range(threads)])
         return out
+
+    def _forward_into(self, layers: list[Layer], x: np.ndarray, out: np.ndarray,
+                      starts: Iterator[int], size: int) -> None:
+        """out[s : s + size] = outputs for x[s : s + size] through ``layers``, for each s."""
+        for start in starts:
+            h = self.prepare_input(x[start : start + size])
+            for layer in layers:
+                h = layer.forward(h)
+            out[start : start + len(h)] = h
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int | None = None,
                  return_dict: bool = False) -> tuple[float, float] | dict[str, float]:

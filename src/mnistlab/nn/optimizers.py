@@ -14,39 +14,18 @@ PyTorch spreads its elementwise kernels over its threads.
 
 from __future__ import annotations
 
-import contextvars
 import math
-import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Any
 
 import numpy as np
 
 from mnistlab.errors import TrainingDivergedError
+from mnistlab.nn.parallel import default_threads, run_each
 
 MIN_PIECE = 1 << 17  # elements; a smaller piece is not worth a thread hand-off
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads
-    os.register_at_fork(after_in_child=_POOLS.clear)
 
 # (param or a slice of one, its grad, its state, whether it is a slice of a parameter
 # that several threads share)
 Piece = tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], bool]
-
-
-def default_threads() -> int:
-    """MNISTLAB_NUM_THREADS, else OMP_NUM_THREADS, else the CPUs this process may use."""
-    for var in ("MNISTLAB_NUM_THREADS", "OMP_NUM_THREADS"):
-        if os.environ.get(var, "").isdigit() and int(os.environ[var]) > 0:
-            return int(os.environ[var])
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    if workers not in _POOLS:
-        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="mnistlab-optimizer")
-    return _POOLS[workers]
 
 
 class Optimizer:
@@ -72,7 +51,7 @@ class Optimizer:
         """
         self.iterations += 1
         shares = self._shares(params, grads)
-        finite = self._run(self._step_share, shares)
+        finite = run_each(self._step_share, shares)
         if all(finite):
             for p, _, state, sliced in (piece for share in shares for piece in share):
                 if not sliced:
@@ -122,19 +101,6 @@ class Optimizer:
             if sliced:
                 np.subtract(p, step, out=p)
         return True
-
-    def _run(self, fn: Callable[[list[Piece]], Any], shares: list[list[Piece]]) -> list[Any]:
-        """fn(share) for every share: the first in this thread, the others in the pool's."""
-        if len(shares) < 2:
-            return [fn(share) for share in shares]
-        # each share runs in a copy of our context, so np.errstate settings apply there too
-        pool = _pool(self.threads - 1)
-        futures = [pool.submit(contextvars.copy_context().run, fn, share) for share in shares[1:]]
-        try:
-            first = fn(shares[0])
-        finally:
-            wait(futures)  # never leave a share running behind an error
-        return [first, *(future.result() for future in futures)]
 
     def step(self, g: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
         """The amount to subtract from the parameter, written into ``state["scratch"]``."""

@@ -1,0 +1,67 @@
+"""The engine's threads: how many, the pool they live in, and running one task on each.
+
+NumPy releases the GIL inside its ufunc loops and matrix products, so plain Python threads
+run them at the same time. The optimizer splits its update across them, and ``predict``
+gives each thread whole chunks of the batch (data parallel) while BLAS runs on one
+thread per chunk: BLAS would otherwise split every product again and keep its own threads
+spinning on the cores ours need.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any, TypeVar
+
+from threadpoolctl import ThreadpoolController
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads
+    os.register_at_fork(after_in_child=_POOLS.clear)
+_BLAS: list[ThreadpoolController] = []  # made on first use, once NumPy has loaded its BLAS
+
+
+def default_threads() -> int:
+    """MNISTLAB_NUM_THREADS, else OMP_NUM_THREADS, else the CPUs this process may use."""
+    for var in ("MNISTLAB_NUM_THREADS", "OMP_NUM_THREADS"):
+        if os.environ.get(var, "").isdigit() and int(os.environ[var]) > 0:
+            return int(os.environ[var])
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def pool(workers: int) -> ThreadPoolExecutor:
+    """The process's pool of ``workers`` engine threads (made once, then reused)."""
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="mnistlab-engine")
+    return _POOLS[workers]
+
+
+def run_each(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """[fn(item) for item in items], the first in this thread and each other in one of
+    the pool's threads at the same time; returns when all are done (errors propagate)."""
+    items = list(items)
+    if len(items) < 2:
+        return [fn(item) for item in items]
+    # each runs in a copy of our context, so np.errstate settings apply there too
+    futures = [pool(len(items) - 1).submit(contextvars.copy_context().run, fn, item)
+               for item in items[1:]]
+    try:
+        first = fn(items[0])
+    finally:
+        wait(futures)  # never leave a task running behind an error
+    return [first, *(future.result() for future in futures)]
+
+
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[Any]:
+    """Within the block, NumPy's BLAS computes each product on the calling thread alone."""
+    if not _BLAS:
+        _BLAS.append(ThreadpoolController())
+    with _BLAS[0].limit(limits=1, user_api="blas") as limits:
+        yield limits

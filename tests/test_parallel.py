@@ -1,0 +1,96 @@
+"""The engine's threads: predict gives each thread whole chunks through its own replica of
+the layers, with BLAS on one thread per product, and returns what one thread would."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+from mnistlab.nn import Conv2D, Dense, Dropout, Flatten, MaxPooling2D, Sequential
+from mnistlab.nn import model as model_module
+from mnistlab.nn.parallel import run_each, single_threaded_blas
+
+
+def small_cnn(dtype: str = "float32") -> Sequential:
+    return Sequential([Conv2D(4, 3, padding="same", activation="relu", input_shape=(1, 12, 12)),
+                       MaxPooling2D(2), Dropout(0.5), Flatten(), Dense(16, "tanh"),
+                       Dense(10, "softmax")], seed=0, dtype=dtype)
+
+
+def images(n: int) -> np.ndarray:
+    return np.random.default_rng(1).random((n, 1, 12, 12)).astype(np.float32)
+
+
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
+def test_predict_on_any_number_of_threads_gives_what_one_forward_gives(
+        threads: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x = small_cnn("float64"), images(1000)
+    expected = model.forward(x)  # the whole batch at once, on this thread
+    monkeypatch.setenv("MNISTLAB_NUM_THREADS", threads)
+    monkeypatch.setattr(model_module, "MIN_PARALLEL_ROWS", 10)
+    for batch_size in (None, 64, 999):  # chunks that do not divide the rows evenly too
+        out = model.predict(x, batch_size=batch_size)
+        assert out.dtype == np.float64 and out.shape == (1000, 10)
+        np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-15)  # row for row
+
+
+def test_a_few_rows_are_predicted_on_the_calling_thread_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    model, seen = small_cnn(), set()
+    dense = model.layers[-1]
+    forward = type(dense).forward
+
+    def spy(self, x, training=False):
+        seen.add(threading.get_ident())
+        return forward(self, x, training)
+
+    monkeypatch.setattr(type(dense), "forward", spy)
+    monkeypatch.setenv("MNISTLAB_NUM_THREADS", "2")
+    model.predict(images(3))
+    assert seen == {threading.get_ident()}
+
+
+def test_a_replica_shares_the_weights_but_not_the_forward_caches() -> None:
+    model = small_cnn()
+    model.build()
+    dense, conv = model.layers[4], model.layers[0]
+    twin, conv_twin = dense.replica(), conv.replica()
+    assert twin.params["W"] is dense.params["W"] and conv_twin.params["W"] is conv.params["W"]
+    assert twin.activation is not dense.activation
+    twin.forward(np.ones((2, 144), np.float32))  # 4 channels x 6 x 6
+    conv_twin.forward(images(2))
+    assert not hasattr(dense, "x") and not hasattr(conv, "cols")  # the originals untouched
+    assert twin.activation.y.shape == (2, 16) and dense.activation.__dict__.get("y") is None
+
+
+def test_blas_is_single_threaded_inside_the_block_and_restored_after() -> None:
+    def blas_threads() -> list[int]:
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before = blas_threads()
+    with single_threaded_blas():
+        assert all(n == 1 for n in blas_threads())
+    assert blas_threads() == before
+
+
+def test_run_each_runs_every_item_at_once_and_passes_errors_on() -> None:
+    barrier = threading.Barrier(3, timeout=10)  # only passes if all three run at the same time
+
+    def meet(item: int) -> tuple[int, int]:
+        barrier.wait()
+        return item, threading.get_ident()
+
+    results = run_each(meet, [0, 1, 2])
+    assert [item for item, _ in results] == [0, 1, 2]
+    assert results[0][1] == threading.get_ident() and len({t for _, t in results}) == 3
+
+    def fail_on_two(item: int) -> int:
+        if item == 2:
+            raise ValueError("item 2 is bad")
+        return item
+
+    with pytest.raises(ValueError, match="item 2 is bad"):
+        run_each(fail_on_two, [0, 1, 2])
