@@ -94,3 +94,19 @@ def test_run_each_runs_every_item_at_once_and_passes_errors_on() -> None:
 
     with pytest.raises(ValueError, match="item 2 is bad"):
         run_each(fail_on_two, [0, 1, 2])
+
+
+def test_each_thread_gets_several_chunks_so_a_late_thread_delays_little(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    model, rows = small_cnn(), []
+    forward = Flatten.forward
+
+    def spy(self, x, training=False):
+        rows.append(len(x))
+        return forward(self, x, training)
+
+    monkeypatch.setattr(Flatten, "forward", spy)
+    monkeypatch.setenv("MNISTLAB_NUM_THREADS", "2")
+    monkeypatch.setattr(model_module, "MIN_PARALLEL_ROWS", 10)
+    model.predict(images(1000))
+    assert len(rows) == 2 * model_module.CHUNKS_PER_THREAD and sum(rows) == 1000

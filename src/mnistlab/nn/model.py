@@ -24,6 +24,7 @@ from mnistlab.training import History, fit
 SPEC_FORMAT, SPEC_VERSION = "mnistlab.model", 1
 DTYPES = ("float32", "float64")
 MIN_PARALLEL_ROWS = 256  # per thread; fewer rows are not worth a thread hand-off
+CHUNKS_PER_THREAD = 4  # at least, in a parallel predict
 
 
 class Sequential:
@@ -233,7 +234,9 @@ class Sequential:
         if not parallel:
             self._forward_into(self.layers, x, out, iter(range(0, len(x), size)), size)
             return out
-        chunks = threads * math.ceil(len(x) / (threads * size))  # as many for every thread
+        # as many chunks for every thread, and several: a thread that starts late (its
+        # core busy elsewhere) then leaves the others a few chunks more, not a whole share
+        chunks = threads * max(CHUNKS_PER_THREAD, math.ceil(len(x) / (threads * size)))
         size = math.ceil(len(x) / chunks)
         starts = iter(range(0, len(x), size))  # shared: each thread takes the next chunk
         with single_threaded_blas():
