@@ -76,6 +76,28 @@ def test_blas_is_single_threaded_inside_the_block_and_restored_after() -> None:
     assert blas_threads() == before
 
 
+def test_two_threads_predicting_at_once_both_get_their_outputs_and_blas_is_restored(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def blas_threads() -> list[int]:
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    model, before = small_cnn(), blas_threads()
+    x = [images(600), images(800)[::-1].copy()]
+    expected = [model.forward(xi) for xi in x]
+    monkeypatch.setenv("MNISTLAB_NUM_THREADS", "2")
+    monkeypatch.setattr(model_module, "MIN_PARALLEL_ROWS", 10)
+    outs: dict[int, np.ndarray] = {}
+    callers = [threading.Thread(target=lambda k=k: outs.update({k: model.predict(x[k])}))
+               for k in range(2)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(30)
+    for k in range(2):
+        np.testing.assert_allclose(outs[k], expected[k], rtol=1e-5, atol=1e-6)
+    assert blas_threads() == before
+
+
 def test_run_each_runs_every_item_at_once_and_passes_errors_on() -> None:
     barrier = threading.Barrier(3, timeout=10)  # only passes if all three run at the same time
 

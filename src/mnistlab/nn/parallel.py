@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from threadpoolctl import ThreadpoolController
 
@@ -25,6 +26,7 @@ _POOLS: dict[int, ThreadPoolExecutor] = {}
 if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads
     os.register_at_fork(after_in_child=_POOLS.clear)
 _BLAS: list[ThreadpoolController] = []  # made on first use, once NumPy has loaded its BLAS
+_BLAS_LOCK = threading.Lock()
 
 
 def default_threads() -> int:
@@ -59,9 +61,13 @@ def run_each(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
 
 
 @contextlib.contextmanager
-def single_threaded_blas() -> Iterator[Any]:
-    """Within the block, NumPy's BLAS computes each product on the calling thread alone."""
-    if not _BLAS:
-        _BLAS.append(ThreadpoolController())
-    with _BLAS[0].limit(limits=1, user_api="blas") as limits:
-        yield limits
+def single_threaded_blas() -> Iterator[None]:
+    """Within the block, NumPy's BLAS computes each product on the calling thread alone.
+
+    The limit is process-wide, and threadpoolctl lets one thread set it, so one such block
+    runs at a time (another thread's waits): each restores the limit it found."""
+    with _BLAS_LOCK:
+        if not _BLAS:
+            _BLAS.append(ThreadpoolController())
+        with _BLAS[0].limit(limits=1, user_api="blas"):
+            yield
