@@ -132,3 +132,30 @@ def test_each_thread_gets_several_chunks_so_a_late_thread_delays_little(
     monkeypatch.setattr(model_module, "MIN_PARALLEL_ROWS", 10)
     model.predict(images(1000))
     assert len(rows) == 2 * model_module.CHUNKS_PER_THREAD and sum(rows) == 1000
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_forked_child_predicts_in_parallel_with_threads_of_its_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import select
+    import signal
+
+    model, x = small_cnn(), images(600)
+    monkeypatch.setenv("MNISTLAB_NUM_THREADS", "2")
+    monkeypatch.setattr(model_module, "MIN_PARALLEL_ROWS", 10)
+    expected = model.predict(x)  # the parent's pool thread now exists
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its copy of the pool has no threads behind it
+        ok = np.allclose(model.predict(x), expected, rtol=1e-5, atol=1e-6)
+        os.write(write, b"ok" if ok else b"wrong")
+        os._exit(0)
+    os.close(write)
+    ready, _, _ = select.select([read], [], [], 60)  # a child stuck on the parent's pool
+    answer = os.read(read, 16) if ready else b"no answer in 60 s"  # would never answer
+    os.close(read)
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert answer == b"ok"

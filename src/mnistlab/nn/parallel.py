@@ -23,10 +23,20 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
-if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads
-    os.register_at_fork(after_in_child=_POOLS.clear)
 _BLAS: list[ThreadpoolController] = []  # made on first use, once NumPy has loaded its BLAS
 _BLAS_LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's threads: new pools, and a lock that no
+    thread of the parent can still be holding."""
+    global _BLAS_LOCK
+    _POOLS.clear()
+    _BLAS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def default_threads() -> int:
