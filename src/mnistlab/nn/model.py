@@ -237,18 +237,19 @@ class Sequential:
         # as many chunks for every thread, and several: a thread that starts late (its
         # core busy elsewhere) then leaves the others a few chunks more, not a whole share
         chunks = threads * max(CHUNKS_PER_THREAD, math.ceil(len(x) / (threads * size)))
-        size = math.ceil(len(x) / chunks)
-        starts = iter(range(0, len(x), size))  # shared: each thread takes the next chunk
+        rows = math.ceil(len(x) / chunks)
+        starts = iter(range(0, len(x), rows))  # shared: each thread takes the next chunk
         with single_threaded_blas():
-            run_each(lambda layers: self._forward_into(layers, x, out, starts, size),
+            run_each(lambda layers: self._forward_into(layers, x, out, starts, rows),
                      [[layer.replica() for layer in self.layers] for _ in range(threads)])
         return out
 
     def _forward_into(self, layers: list[Layer], x: np.ndarray, out: np.ndarray,
                       starts: Iterator[int], size: int) -> None:
-        """out[s : s + size] = outputs for x[s : s + size] through ``layers``, for each s."""
+        """out[s : s + size] = outputs for x[s : s + size] through ``layers``, for each s
+        (``x`` already shape-checked)."""
         for start in starts:
-            h = self.prepare_input(x[start : start + size])
+            h = x[start : start + size].astype(self.dtype, copy=False)
             for layer in layers:
                 h = layer.forward(h)
             out[start : start + len(h)] = h

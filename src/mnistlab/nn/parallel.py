@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -23,7 +24,6 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
-_BLAS: list[ThreadpoolController] = []  # made on first use, once NumPy has loaded its BLAS
 _BLAS_LOCK = threading.Lock()
 
 
@@ -70,14 +70,17 @@ def run_each(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
     return [first, *(future.result() for future in futures)]
 
 
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    """Made on first use, once NumPy has loaded its BLAS."""
+    return ThreadpoolController()
+
+
 @contextlib.contextmanager
 def single_threaded_blas() -> Iterator[None]:
     """Within the block, NumPy's BLAS computes each product on the calling thread alone.
 
     The limit is process-wide, and threadpoolctl lets one thread set it, so one such block
     runs at a time (another thread's waits): each restores the limit it found."""
-    with _BLAS_LOCK:
-        if not _BLAS:
-            _BLAS.append(ThreadpoolController())
-        with _BLAS[0].limit(limits=1, user_api="blas"):
-            yield
+    with _BLAS_LOCK, _blas_controller().limit(limits=1, user_api="blas"):
+        yield
