@@ -1,5 +1,5 @@
-"""The engine's threads: predict gives each thread whole chunks through its own replica of
-the layers, with BLAS on one thread per product, and returns what one thread would."""
+"""The engine's threads: predict and evaluate give each thread whole chunks through its own
+replica of the layers, with BLAS on one thread per product, and return what one thread would."""
 
 from __future__ import annotations
 
@@ -35,6 +35,32 @@ def test_predict_on_any_number_of_threads_gives_what_one_forward_gives(
         out = model.predict(x, batch_size=batch_size)
         assert out.dtype == np.float64 and out.shape == (1000, 10)
         np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-15)  # row for row
+
+
+@pytest.mark.parametrize("loss", ["categorical_crossentropy", "binary_crossentropy_sum", "mse"])
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
+def test_evaluate_on_any_number_of_threads_gives_what_one_pass_gives(
+        threads: str, loss: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x = small_cnn("float64"), images(1000)
+    labels = np.random.default_rng(2).integers(0, 10, 1000)
+    model.compile("sgd", loss)
+    value, out = model._forward_loss(model.prepare_input(x), labels, training=False)  # one pass
+    accuracy = np.mean(out.argmax(1) == labels)
+    monkeypatch.setenv("MNISTLAB_NUM_THREADS", threads)
+    monkeypatch.setattr(model_module, "MIN_PARALLEL_ROWS", 10)
+    for batch_size in (None, 64, 999):
+        got_loss, got_accuracy = model.evaluate(x, labels, batch_size=batch_size)
+        assert got_loss == pytest.approx(value, rel=1e-12)  # a mean, or a sum ("_sum")
+        assert got_accuracy == accuracy
+
+
+def test_evaluate_names_inputs_and_labels_that_do_not_pair_up() -> None:
+    model = small_cnn()
+    model.compile("sgd", "categorical_crossentropy")
+    with pytest.raises(ValueError, match="1000 inputs but 999 labels"):
+        model.evaluate(images(1000), np.zeros(999, dtype=int))
+    with pytest.raises(ValueError, match="no inputs"):
+        model.evaluate(images(0), np.zeros(0, dtype=int))
 
 
 def test_a_few_rows_are_predicted_on_the_calling_thread_alone(

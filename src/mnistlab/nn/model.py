@@ -8,9 +8,10 @@ and receives dL/dz = (y - t) / N straight back (stable and exact).
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -24,7 +25,8 @@ from mnistlab.training import History, fit
 SPEC_FORMAT, SPEC_VERSION = "mnistlab.model", 1
 DTYPES = ("float32", "float64")
 MIN_PARALLEL_ROWS = 256  # per thread; fewer rows are not worth a thread hand-off
-CHUNKS_PER_THREAD = 4  # at least, in a parallel predict
+CHUNKS_PER_THREAD = 4  # at least, in a parallel predict or evaluate
+R = TypeVar("R")
 
 
 class Sequential:
@@ -143,20 +145,23 @@ class Sequential:
         return h
 
     def _forward_loss(
-        self, x: np.ndarray, t: np.ndarray, training: bool
+        self, x: np.ndarray, t: np.ndarray, training: bool,
+        layers: list[Layer] | None = None, loss: Loss | None = None,
     ) -> tuple[float, np.ndarray]:
-        """(loss, outputs) for a batch already in the model's dtype."""
-        if self.loss is None:
+        """(loss, outputs) for a batch already in the model's dtype, through the model's
+        layers and loss or through replicas of them (``layers``, ``loss``)."""
+        layers, loss = layers or self.layers, loss or self.loss
+        if loss is None:
             raise RuntimeError("call compile(optimizer, loss) first")
         h = x
-        for layer in self.layers[:-1]:
+        for layer in layers[:-1]:
             h = layer.forward(h, training)
-        last = self.layers[-1]
+        last = layers[-1]
         if self.fused:  # softmax + cross-entropy from the logits
-            loss = self.loss.forward_logits(last.linear_forward(h), t)
-            return loss, self.loss.y
+            value = loss.forward_logits(last.linear_forward(h), t)
+            return value, loss.y
         y = last.forward(h, training)
-        return self.loss.forward(y, t), y
+        return loss.forward(y, t), y
 
     def _backward(self) -> None:
         """Backprop the last ``_forward_loss``: every layer's ``grads`` is filled."""
@@ -219,56 +224,82 @@ class Sequential:
 
     def predict(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Outputs for all of ``x``, computed in chunks of at most ``batch_size`` rows (auto
-        if None). With several threads (``parallel.default_threads``), each thread takes
-        whole chunks through the whole model while BLAS keeps each product on one thread:
-        then biases, activations and small products run in parallel too, on chunks that
-        are still in cache, and BLAS has no idle threads spinning on the cores.
-        """
+        if None), on several threads when there are enough rows (see ``_each_chunk``)."""
         x = self._checked(x)  # before any thread starts
         size = batch_size or self.predict_batch_size()
-        threads = default_threads()
-        parallel = threads > 1 and len(x) >= threads * MIN_PARALLEL_ROWS
-        if len(x) <= size and not parallel:
+        if len(x) <= size and not self._parallel(len(x)):
             return self.forward(x)
         out = np.empty((len(x), *self.layers[-1].output_shape), dtype=self.dtype)
-        if not parallel:
-            self._forward_into(self.layers, x, out, iter(range(0, len(x), size)), size)
-            return out
-        # as many chunks for every thread, and several: a thread that starts late (its
-        # core busy elsewhere) then leaves the others a few chunks more, not a whole share
-        chunks = threads * max(CHUNKS_PER_THREAD, math.ceil(len(x) / (threads * size)))
-        rows = math.ceil(len(x) / chunks)
-        starts = iter(range(0, len(x), rows))  # shared: each thread takes the next chunk
-        with single_threaded_blas():
-            run_each(lambda layers: self._forward_into(layers, x, out, starts, rows),
-                     [[layer.replica() for layer in self.layers] for _ in range(threads)])
-        return out
 
-    def _forward_into(self, layers: list[Layer], x: np.ndarray, out: np.ndarray,
-                      starts: Iterator[int], size: int) -> None:
-        """out[s : s + size] = outputs for x[s : s + size] through ``layers``, for each s
-        (``x`` already shape-checked)."""
-        for start in starts:
-            h = x[start : start + size].astype(self.dtype, copy=False)
+        def forward_chunk(layers: list[Layer], loss: Loss | None, rows: slice) -> None:
+            h = x[rows].astype(self.dtype, copy=False)
             for layer in layers:
                 h = layer.forward(h)
-            out[start : start + len(h)] = h
+            out[rows] = h
+
+        self._each_chunk(len(x), size, forward_chunk)
+        return out
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int | None = None,
                  return_dict: bool = False) -> tuple[float, float] | dict[str, float]:
-        """(loss, accuracy) over all of x (or a dict with those keys)."""
-        x, y = np.asarray(x), np.asarray(y)
-        self._ensure_built(x)
-        size = batch_size or self.predict_batch_size()
-        total_loss = correct = 0.0
-        for start in range(0, len(x), size):
-            xb, yb = self.prepare_input(x[start : start + size]), y[start : start + size]
-            loss, out = self._forward_loss(xb, yb, training=False)
-            total_loss += loss * len(xb) if self.loss.reduction == "mean" else loss
-            correct += accuracy(out, yb) * len(xb)
-        loss = total_loss / len(x) if self.loss.reduction == "mean" else total_loss
-        result = {"loss": float(loss), "accuracy": float(correct / len(x))}
+        """(loss, accuracy) over all of x (or a dict with those keys), computed in chunks as
+        ``predict`` computes them, each chunk's loss from its logits where the loss can."""
+        x, y = self._checked(x), np.asarray(y)
+        if len(x) != len(y):
+            raise ValueError(f"evaluate got {len(x)} inputs but {len(y)} labels")
+        if len(x) == 0:
+            raise ValueError("evaluate got no inputs")
+        if self.loss is None:
+            raise RuntimeError("call compile(optimizer, loss) first")
+        summed = self.loss.reduction != "mean"
+
+        def score_chunk(layers: list[Layer], loss: Loss | None, rows: slice) -> tuple[float, int]:
+            xb, yb = x[rows].astype(self.dtype, copy=False), y[rows]
+            value, out = self._forward_loss(xb, yb, training=False, layers=layers, loss=loss)
+            return (value if summed else value * len(xb)), round(accuracy(out, yb) * len(xb))
+
+        scores = self._each_chunk(len(x), batch_size or self.predict_batch_size(), score_chunk)
+        losses, counts = zip(*scores, strict=True)
+        total_loss, correct = math.fsum(losses), sum(counts)
+        result = {"loss": total_loss if summed else total_loss / len(x),
+                  "accuracy": correct / len(x)}
         return result if return_dict else (result["loss"], result["accuracy"])
+
+    def _parallel(self, rows: int) -> bool:
+        """Whether ``rows`` rows are worth spreading over the engine's threads."""
+        threads = default_threads()
+        return threads > 1 and rows >= threads * MIN_PARALLEL_ROWS
+
+    def _each_chunk(self, n: int, size: int,
+                    visit: Callable[[list[Layer], Loss | None, slice], R]) -> list[R]:
+        """[visit(layers, loss, rows) for consecutive ranges of rows covering range(n), each
+        at most ``size``], in the order of the rows.
+
+        With several threads (``parallel.default_threads``) and enough rows, each thread
+        takes whole chunks through its own replica of the layers (and copy of the loss,
+        which caches its inputs too) while BLAS keeps each product on one thread: then
+        biases, activations and small products run in parallel too, on chunks that are
+        still in cache, and BLAS has no idle threads spinning on the cores.
+        """
+        if not self._parallel(n):
+            return [visit(self.layers, self.loss, slice(s, s + size)) for s in range(0, n, size)]
+        threads = default_threads()
+        # as many chunks for every thread, and several: a thread that starts late (its
+        # core busy elsewhere) then leaves the others a few chunks more, not a whole share
+        chunks = threads * max(CHUNKS_PER_THREAD, math.ceil(n / (threads * size)))
+        rows = math.ceil(n / chunks)
+        starts = iter(range(0, n, rows))  # shared: each thread takes the next chunk
+        results: dict[int, R] = {}
+
+        def work(layers: list[Layer], loss: Loss | None) -> None:
+            for start in starts:
+                results[start] = visit(layers, loss, slice(start, start + rows))
+
+        replicas = [([layer.replica() for layer in self.layers], copy.copy(self.loss))
+                    for _ in range(threads)]
+        with single_threaded_blas():
+            run_each(lambda replica: work(*replica), replicas)
+        return [results[start] for start in sorted(results)]
 
     def count_params(self) -> int:
         self._ensure_built()
