@@ -18,6 +18,10 @@ next, this pairs every piece of one engine's work with the other's done moments 
 ``--rounds N`` repeats all of it with fresh processes (the engine started first alternates)
 and reports medians. On a virtual machine, the share of CPU time its host took back
 ("steal", from /proc/stat) during each round is printed too: it says how noisy a run was.
+So is what it costs here to wake a sleeping thread and hear back from it: the NumPy
+engine's threads (its pool's and OpenBLAS's) sleep between tasks, several times a training
+step, where PyTorch's OpenMP threads spin; on a virtual machine whose idle CPUs halt, each
+wake-up takes a trip through the host.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -281,6 +286,33 @@ def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -
     return (after[0] - before[0]) / (after[1] - before[1])
 
 
+def wake_up_s(asleep_s: float, repeat: int = 40) -> float:
+    """Median seconds to wake a thread that has slept ``asleep_s`` (while this one computes)
+    and to hear back from it: what one hand-off between two threads costs on this machine."""
+    go, back = threading.Event(), threading.Event()
+    times: list[float] = []
+
+    def answer() -> None:
+        for _ in range(repeat):
+            go.wait()
+            go.clear()
+            back.set()
+
+    helper = threading.Thread(target=answer, daemon=True)
+    helper.start()
+    for _ in range(repeat):
+        until = time.perf_counter() + asleep_s
+        while time.perf_counter() < until:  # busy, as the engine's caller is meanwhile
+            pass
+        began = time.perf_counter()
+        go.set()
+        back.wait()
+        back.clear()
+        times.append(time.perf_counter() - began)
+    helper.join()
+    return statistics.median(times)
+
+
 def compare(kind: str, argv: list[str], args: argparse.Namespace,
             numpy_first: bool = True) -> list[dict[str, Any]]:
     """Both engines on one model, taking turns; rows for the epoch and for inference.
@@ -340,14 +372,16 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.chunk, args.repeat, args.rounds) < 1:
         raise SystemExit("--chunk, --repeat and --rounds must be at least 1")
     argv = sys.argv[1:] if argv is None else argv
+    wake_up = {"right_after_s": wake_up_s(0.0), "after_3ms_asleep_s": wake_up_s(0.003)}
     results = []
     for kind in args.only.split(","):
         rounds = [compare(kind, argv, args, numpy_first=r % 2 == 0) for r in range(args.rounds)]
         results += [combine([r[i] for r in rounds]) for i in range(len(rounds[0]))]
-    report(results, args)
+    report(results, args, wake_up)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"args": vars(args), "results": results}, handle, indent=2)
+            json.dump({"args": vars(args), "results": results, "thread_wake_up": wake_up},
+                      handle, indent=2)
     return 0
 
 
@@ -366,7 +400,8 @@ def combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return combined  # the turns and calls kept are round 1's
 
 
-def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+def report(results: list[dict[str, Any]], args: argparse.Namespace,
+           wake_up: dict[str, float]) -> None:
     data = "synthetic" if args.synthetic else "MNIST"
     sizes = next(row for row in results if "n_train" in row)
     print(f"{data}: epoch = {sizes['n_train']} training images, batch {args.batch_size}; "
@@ -394,6 +429,9 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
             each = " ".join(f"{100 * v:.0f}%" for v in steal)
             print(f"  CPU time the host took back (steal) during {row['name'].split()[0]}, "
                   f"by round: {each}")
+    print(f"  waking a sleeping thread and hearing back from it, here: "
+          f"{1e6 * wake_up['right_after_s']:.0f} us right after the last time, "
+          f"{1e6 * wake_up['after_3ms_asleep_s']:.0f} us after 3 ms asleep")
     for row in results:
         if "accuracy_numpy" in row:
             print(f"  test accuracy after 1 epoch, {row['name'].split()[0]}: "

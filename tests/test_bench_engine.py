@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -33,18 +34,33 @@ def test_both_engines_take_turns_through_an_epoch_and_inference(tmp_path: Path) 
     assert epoch["ratio"] == pytest.approx(sum(epoch["round_ratios"]) / 2)  # median of two
     assert epoch["numpy_s"] == pytest.approx(sum(epoch["numpy_rounds_s"]) / 2)
     assert "mlp epoch" in done.stdout and "ratio" in done.stdout
+    wake_up = json.loads(out.read_text())["thread_wake_up"]
+    assert set(wake_up) == {"right_after_s", "after_3ms_asleep_s"}
+    assert all(0 < seconds < 1 for seconds in wake_up.values())
+    assert "waking a sleeping thread" in done.stdout
     if Path("/proc/stat").exists():  # the host's share of CPU time, each round
         assert len(epoch["round_steal"]) == 2
         assert all(0 <= share <= 1 for share in epoch["round_steal"])
         assert "steal" in done.stdout
 
 
-def test_steal_is_the_hosts_share_of_cpu_time_between_two_readings() -> None:
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    """benchmarks/bench_engine.py, imported as a module."""
     sys.path.insert(0, str(BENCH.parent))
     try:
         import bench_engine
     finally:
         sys.path.remove(str(BENCH.parent))
-    assert bench_engine.steal_share((10, 1000), (40, 1200)) == pytest.approx(0.15)
-    assert bench_engine.steal_share(None, (40, 1200)) is None  # not reported here
-    assert bench_engine.steal_share((10, 1000), (10, 1000)) is None  # no time passed
+    return bench_engine
+
+
+def test_steal_is_the_hosts_share_of_cpu_time_between_two_readings(bench: ModuleType) -> None:
+    assert bench.steal_share((10, 1000), (40, 1200)) == pytest.approx(0.15)
+    assert bench.steal_share(None, (40, 1200)) is None  # not reported here
+    assert bench.steal_share((10, 1000), (10, 1000)) is None  # no time passed
+
+
+def test_a_wake_up_is_timed_from_the_call_to_the_answer(bench: ModuleType) -> None:
+    seconds = bench.wake_up_s(0.05, repeat=3)
+    assert 0 < seconds < 0.05  # not counting the 50 ms spent busy before each call
