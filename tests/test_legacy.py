@@ -257,6 +257,22 @@ def test_bench_inference_command_smoke(capsys: pytest.CaptureFixture[str]) -> No
     assert out.count("0.9") >= 3  # the accuracy column, once per mode
 
 
+@pytest.mark.parametrize("flag", ["--batch-size", "--repeat", "--limit"])
+def test_bench_inference_refuses_counts_below_one_with_a_usage_error(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from mnistlab.cli.bench import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["bench", "inference", flag, "0"])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: must be at least 1, got 0" in capsys.readouterr().err
+
+
 def test_bench_inference_without_weights_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

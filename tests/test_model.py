@@ -249,6 +249,18 @@ def test_evaluate_gives_a_tuple_or_a_dict() -> None:
     assert model.evaluate(x, y, batch_size=7)[0] == pytest.approx(loss, rel=1e-6)
 
 
+@pytest.mark.parametrize("batch_size", [0, -5, 2.5, True, "32"])
+def test_a_batch_size_that_is_not_a_positive_integer_is_named_in_the_error(batch_size) -> None:
+    x, y = blobs(20)
+    model = Sequential([Dense(3, "softmax", input_shape=(2,))], seed=0)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    for call in (lambda: model.fit(x, y, batch_size=batch_size, verbose=0),
+                 lambda: model.predict(x, batch_size=batch_size),
+                 lambda: model.evaluate(x, y, batch_size=batch_size)):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            call()
+
+
 def test_predict_in_chunks_equals_one_call() -> None:
     x = np.random.default_rng(0).random((25, 1, 28, 28), dtype=np.float32)
     model = course_cnn(seed=0)

@@ -464,3 +464,14 @@ def test_without_torch_the_error_says_how_to_install_it():
     assert len(lines) == 2
     for line in lines:
         assert "pip install 'mnistlab[torch]'" in line and "torch==2.13.0" in line
+
+
+def test_a_batch_size_that_is_not_a_positive_integer_is_named_in_the_error() -> None:
+    model = TorchSequential([Dense(3, "softmax", input_shape=(2,))], seed=0)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    x, y = np.zeros((6, 2), np.float32), np.zeros(6, np.int64)
+    for call in (lambda: model.fit(x, y, batch_size=0, verbose=0),
+                 lambda: model.predict(x, batch_size=-1),
+                 lambda: model.evaluate(x, y, batch_size=2.5)):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            call()

@@ -50,11 +50,20 @@ def epoch_order(n: int, epoch: int, shuffle: bool, seed: int | None) -> np.ndarr
     return rng.permutation(n)
 
 
+def check_batch_size(batch_size: Any) -> int:
+    """``batch_size`` as an int; ValueError if it is not a positive integer."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) \
+            or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
 def fit(model: Any, x: np.ndarray, y: np.ndarray, *, epochs: int = 1, batch_size: int = 32,
         validation_data: tuple[np.ndarray, np.ndarray] | None = None, shuffle: bool = True,
         seed: int | None = None, verbose: int = 1, callbacks: Sequence[Any] | None = None,
         log_every: int = 1) -> History:
     """Train ``model`` (anything with ``prepare_input``/``train_step``/``evaluate``) on x, y."""
+    batch_size = check_batch_size(batch_size)
     x, y = model.prepare_input(x), np.asarray(y)  # cast to the model's dtype once
     if len(x) == 0 or len(x) != len(y):
         raise ValueError(f"need as many labels as inputs (> 0), got {len(x)} and {len(y)}")

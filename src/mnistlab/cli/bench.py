@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mnistlab.cli.args import positive_int
 from mnistlab.errors import ModelFileError
 
 if TYPE_CHECKING:
@@ -46,24 +47,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the textbook's sample_weight.pkl or a mnistlab .safetensors model "
         "(default: $MNISTLAB_SAMPLE_WEIGHT, else ./sample_weight.pkl)",
     )
-    inference.add_argument("--batch-size", type=int, default=100, help="(default: 100)")
-    inference.add_argument("--repeat", type=int, default=3, help="best of N runs (default: 3)")
-    inference.add_argument("--limit", type=int, help="only the first N test images (smoke test)")
+    inference.add_argument("--batch-size", type=positive_int, default=100, help="(default: 100)")
+    inference.add_argument("--repeat", type=positive_int, default=3,
+                           help="best of N runs (default: 3)")
+    inference.add_argument("--limit", type=positive_int,
+                           help="only the first N test images (smoke test)")
     inference.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     inference.set_defaults(func=cmd_inference)
 
     numgrad = commands.add_parser(
         "numgrad", help="numerical-gradient training: naive loop vs vectorized, per sample"
     )
-    numgrad.add_argument("--naive-samples", type=int, default=3, help="(default: 3)")
-    numgrad.add_argument("--fast-samples", type=int, default=300, help="(default: 300)")
-    numgrad.add_argument("--hidden", type=int, default=30, help="hidden units (default: 30)")
+    numgrad.add_argument("--naive-samples", type=positive_int, default=3, help="(default: 3)")
+    numgrad.add_argument("--fast-samples", type=positive_int, default=300, help="(default: 300)")
+    numgrad.add_argument("--hidden", type=positive_int, default=30,
+                         help="hidden units (default: 30)")
     numgrad.add_argument("--seed", type=int, default=0)
     numgrad.add_argument(
         "--epoch", action="store_true", help="also run the course's one-epoch experiment (fast)"
     )
     numgrad.add_argument(
-        "--train-limit", type=int, help="samples in the --epoch run (default: all 60,000)"
+        "--train-limit", type=positive_int, help="samples in the --epoch run (default: all 60,000)"
     )
     numgrad.set_defaults(func=cmd_numgrad)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mnistlab.cli.args import positive_int
 from mnistlab.datasets import DATASETS
 from mnistlab.engines import ENGINES
 from mnistlab.errors import MnistlabError, ModelFileError
@@ -27,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="test", choices=["test", "train"],
                         help="(default: test)")
     parser.add_argument("--out", type=Path, metavar="DIR", help="output directory")
-    parser.add_argument("--batch-size", type=_positive_int, metavar="N",
+    parser.add_argument("--batch-size", type=positive_int, metavar="N",
                         help="rows per inference chunk (default: automatic)")
     parser.add_argument("--engine", default="numpy", choices=ENGINES,
                         help="engine to run the model on (default: numpy)")
@@ -111,13 +112,3 @@ def _training_time(out: Path) -> dict[str, float]:
     if not isinstance(old, dict):
         return {}
     return {k: old[k] for k in TRAINING_TIME_KEYS if isinstance(old.get(k), int | float)}
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value

@@ -60,7 +60,7 @@ from mnistlab.nn.losses import (
 )
 from mnistlab.nn.model import DTYPES, SPEC_FORMAT, SPEC_VERSION, Sequential, model_from_spec
 from mnistlab.nn.optimizers import SGD, Adam, Momentum, Optimizer, get_optimizer
-from mnistlab.training import History, _Progress, epoch_order
+from mnistlab.training import History, _Progress, check_batch_size, epoch_order
 
 Tensor = torch.Tensor
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -620,6 +620,7 @@ class TorchSequential:
             log_every: int = 1) -> History:
         """Train like ``mnistlab.training.fit`` (same History, callbacks, epoch order), with
         the data converted to device tensors once and read back once per epoch."""
+        batch_size = check_batch_size(batch_size)
         self._ensure_ready()
         x_all, (t_all, a_all) = self.as_input(x), self.as_targets(y)
         if len(x_all) == 0 or len(x_all) != len(t_all):
@@ -699,7 +700,7 @@ class TorchSequential:
                           batch_size: int | None = None) -> dict[str, float]:
         if self.loss is None:
             raise RuntimeError("call compile(optimizer, loss) first")
-        size = batch_size or self.predict_batch_size()
+        size = self._chunk_rows(batch_size)
         mean = self.loss.reduction == "mean"
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -722,6 +723,10 @@ class TorchSequential:
         result = self._evaluate_tensors(self.as_input(x), *self.as_targets(y), batch_size)
         return result if return_dict else (result["loss"], result["accuracy"])
 
+    def _chunk_rows(self, batch_size: int | None) -> int:
+        """``batch_size`` checked, or the automatic chunk size if it is None."""
+        return self.predict_batch_size() if batch_size is None else check_batch_size(batch_size)
+
     def predict_batch_size(self) -> int:
         """Rows per inference chunk: about 16M floats of the largest activation."""
         self._ensure_built()
@@ -731,7 +736,7 @@ class TorchSequential:
     def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
         """Outputs (probabilities after a softmax) for all of ``x``, as a NumPy array."""
         x = self.as_input(x)
-        size = batch_size or self.predict_batch_size()
+        size = self._chunk_rows(batch_size)
         training = self.net.training
         self.net.eval()
         with torch.inference_mode():

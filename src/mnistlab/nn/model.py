@@ -20,7 +20,7 @@ from mnistlab.nn.layers import Conv2D, Layer, layer_from_config
 from mnistlab.nn.losses import Loss, accuracy, get_loss
 from mnistlab.nn.optimizers import Optimizer, get_optimizer
 from mnistlab.nn.parallel import default_threads, run_each, single_threaded_blas
-from mnistlab.training import History, fit
+from mnistlab.training import History, check_batch_size, fit
 
 SPEC_FORMAT, SPEC_VERSION = "mnistlab.model", 1
 DTYPES = ("float32", "float64")
@@ -226,7 +226,7 @@ class Sequential:
         """Outputs for all of ``x``, computed in chunks of at most ``batch_size`` rows (auto
         if None), on several threads when there are enough rows (see ``_each_chunk``)."""
         x = self._checked(x)  # before any thread starts
-        size = batch_size or self.predict_batch_size()
+        size = self._chunk_rows(batch_size)
         if len(x) <= size and not self._parallel(len(x)):
             return self.forward(x)
         out = np.empty((len(x), *self.layers[-1].output_shape), dtype=self.dtype)
@@ -258,12 +258,16 @@ class Sequential:
             value, out = self._forward_loss(xb, yb, training=False, layers=layers, loss=loss)
             return (value if summed else value * len(xb)), round(accuracy(out, yb) * len(xb))
 
-        scores = self._each_chunk(len(x), batch_size or self.predict_batch_size(), score_chunk)
+        scores = self._each_chunk(len(x), self._chunk_rows(batch_size), score_chunk)
         losses, counts = zip(*scores, strict=True)
         total_loss, correct = math.fsum(losses), sum(counts)
         result = {"loss": total_loss if summed else total_loss / len(x),
                   "accuracy": correct / len(x)}
         return result if return_dict else (result["loss"], result["accuracy"])
+
+    def _chunk_rows(self, batch_size: int | None) -> int:
+        """``batch_size`` checked, or the automatic chunk size if it is None."""
+        return self.predict_batch_size() if batch_size is None else check_batch_size(batch_size)
 
     def _parallel(self, rows: int) -> bool:
         """Whether ``rows`` rows are worth spreading over the engine's threads."""
