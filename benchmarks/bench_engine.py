@@ -37,6 +37,9 @@ import threading
 import time
 from typing import Any
 
+# mnistlab before NumPy, as in a user's script: importing it tunes OpenBLAS's threads
+from mnistlab.cli.args import positive_int
+
 GOALS = {"mlp epoch": 1.0, "cnn epoch": 2.0, "mlp inference": 1.0, "cnn inference": 1.0}
 SETTLE_S = 0.02  # pause between turns: lets the last engine's spinning threads go to sleep
 
@@ -49,11 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test", type=int, default=None, help="test images (default 10,000)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="for numpy and torch")
-    p.add_argument("--chunk", type=int, default=20,
+    p.add_argument("--chunk", type=positive_int, default=20,
                    help="training steps per turn (default 20)")
-    p.add_argument("--repeat", type=int, default=7,
+    p.add_argument("--repeat", type=positive_int, default=7,
                    help="inference calls per engine, in turn; the median counts (default 7)")
-    p.add_argument("--rounds", type=int, default=1,
+    p.add_argument("--rounds", type=positive_int, default=1,
                    help="fresh pairs of processes per model; medians count (default 1)")
     p.add_argument("--only", default="mlp,cnn", help="comma list of models: mlp, cnn")
     p.add_argument("--json", default=None, help="also write the results to this file")
@@ -365,12 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)  # before numpy and torch load their BLAS
     if args.engine:  # child process: one engine, one model, taking turns
-        import mnistlab  # noqa: F401  first, as in a user's script: it tunes OpenBLAS's threads
-
         run_engine(args.engine, args.only, args)
         return 0
-    if min(args.chunk, args.repeat, args.rounds) < 1:
-        raise SystemExit("--chunk, --repeat and --rounds must be at least 1")
     argv = sys.argv[1:] if argv is None else argv
     wake_up = {"right_after_s": wake_up_s(0.0), "after_3ms_asleep_s": wake_up_s(0.003)}
     results = []

@@ -20,6 +20,10 @@ def small_cnn(dtype: str = "float32") -> Sequential:
                        Dense(10, "softmax")], seed=0, dtype=dtype)
 
 
+def blas_threads() -> list[int]:
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
 def images(n: int) -> np.ndarray:
     return np.random.default_rng(1).random((n, 1, 12, 12)).astype(np.float32)
 
@@ -93,9 +97,6 @@ def test_a_replica_shares_the_weights_but_not_the_forward_caches() -> None:
 
 
 def test_blas_is_single_threaded_inside_the_block_and_restored_after() -> None:
-    def blas_threads() -> list[int]:
-        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
-
     before = blas_threads()
     with single_threaded_blas():
         assert all(n == 1 for n in blas_threads())
@@ -104,9 +105,6 @@ def test_blas_is_single_threaded_inside_the_block_and_restored_after() -> None:
 
 def test_two_threads_predicting_at_once_both_get_their_outputs_and_blas_is_restored(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    def blas_threads() -> list[int]:
-        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
-
     model, before = small_cnn(), blas_threads()
     x = [images(600), images(800)[::-1].copy()]
     expected = [model.forward(xi) for xi in x]

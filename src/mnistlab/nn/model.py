@@ -227,7 +227,7 @@ class Sequential:
         if None), on several threads when there are enough rows (see ``_each_chunk``)."""
         x = self._checked(x)  # before any thread starts
         size = self._chunk_rows(batch_size)
-        if len(x) <= size and not self._parallel(len(x)):
+        if len(x) <= size and self._threads_for(len(x)) == 1:
             return self.forward(x)
         out = np.empty((len(x), *self.layers[-1].output_shape), dtype=self.dtype)
 
@@ -269,25 +269,26 @@ class Sequential:
         """``batch_size`` checked, or the automatic chunk size if it is None."""
         return self.predict_batch_size() if batch_size is None else check_batch_size(batch_size)
 
-    def _parallel(self, rows: int) -> bool:
-        """Whether ``rows`` rows are worth spreading over the engine's threads."""
+    def _threads_for(self, rows: int) -> int:
+        """The engine's threads (``parallel.default_threads``) if ``rows`` rows are worth
+        spreading over them, else 1."""
         threads = default_threads()
-        return threads > 1 and rows >= threads * MIN_PARALLEL_ROWS
+        return threads if rows >= threads * MIN_PARALLEL_ROWS else 1
 
     def _each_chunk(self, n: int, size: int,
                     visit: Callable[[list[Layer], Loss | None, slice], R]) -> list[R]:
         """[visit(layers, loss, rows) for consecutive ranges of rows covering range(n), each
         at most ``size``], in the order of the rows.
 
-        With several threads (``parallel.default_threads``) and enough rows, each thread
+        With several threads (``_threads_for``) and enough rows, each thread
         takes whole chunks through its own replica of the layers (and copy of the loss,
         which caches its inputs too) while BLAS keeps each product on one thread: then
         biases, activations and small products run in parallel too, on chunks that are
         still in cache, and BLAS has no idle threads spinning on the cores.
         """
-        if not self._parallel(n):
+        threads = self._threads_for(n)
+        if threads == 1:
             return [visit(self.layers, self.loss, slice(s, s + size)) for s in range(0, n, size)]
-        threads = default_threads()
         # as many chunks for every thread, and several: a thread that starts late (its
         # core busy elsewhere) then leaves the others a few chunks more, not a whole share
         chunks = threads * max(CHUNKS_PER_THREAD, math.ceil(n / (threads * size)))

@@ -2,9 +2,9 @@
 
 NumPy releases the GIL inside its ufunc loops and matrix products, so plain Python threads
 run them at the same time. The optimizer splits its update across them, and ``predict``
-gives each thread whole chunks of the batch (data parallel) while BLAS runs on one
-thread per chunk: BLAS would otherwise split every product again and keep its own threads
-spinning on the cores ours need.
+and ``evaluate`` give each thread whole chunks of the batch (data parallel) while BLAS
+runs on one thread per chunk: BLAS would otherwise split every product again and keep its
+own threads spinning on the cores ours need.
 """
 
 from __future__ import annotations
