@@ -112,7 +112,38 @@ def test_saved_state_resumes_exactly() -> None:
     for g in grads[2:]:
         second.update(resumed_params, g)
     np.testing.assert_array_equal(resumed_params["0.W"], params["0.W"])
-    assert set(first.get_state()) == {"iterations", "m.0.W", "v.0.W"}
+    assert set(first.get_state()) == {"iterations", "m_sum.0.W", "v_sum.0.W"}
+
+
+def test_adam_keeps_its_moments_as_exponentially_weighted_sums() -> None:
+    g1, g2 = GRAD["0.W"], np.array([-0.1, 0.3, 2.0])
+    opt = Adam(beta_1=0.9, beta_2=0.999)
+    params = one_param()
+    opt.update(params, {"0.W": g1})
+    opt.update(params, {"0.W": g2})
+    state = opt.get_state()
+    np.testing.assert_allclose(state["m_sum.0.W"], 0.9 * g1 + g2, rtol=1e-15)
+    np.testing.assert_allclose(state["v_sum.0.W"], 0.999 * g1**2 + g2**2, rtol=1e-15)
+    averages = opt.moments_as(state, "averages")  # Keras's m and v
+    np.testing.assert_allclose(averages["m.0.W"], 0.1 * (0.9 * g1 + g2), rtol=1e-15)
+    np.testing.assert_allclose(averages["v.0.W"], 0.001 * (0.999 * g1**2 + g2**2), rtol=1e-15)
+    assert set(averages) == {"iterations", "m.0.W", "v.0.W"}
+
+
+def test_adam_resumes_from_keras_averages_as_from_its_own_sums() -> None:
+    # the torch engine's state, and checkpoints written before the sums, hold m and v
+    g1, g2 = GRAD["0.W"], np.array([-0.1, 0.3, 2.0])
+    straight, params = Adam(0.01), one_param()
+    straight.update(params, {"0.W": g1})
+    straight.update(params, {"0.W": g2})
+
+    resumed, resumed_params = Adam(0.01), one_param()
+    resumed.update(resumed_params, {"0.W": g1})
+    resumed.set_state({"iterations": np.array(1), "m.0.W": 0.1 * g1, "v.0.W": 0.001 * g1**2})
+    resumed.update(resumed_params, {"0.W": g2})
+    np.testing.assert_allclose(resumed_params["0.W"], params["0.W"], rtol=1e-14)
+    with pytest.raises(ValueError, match="form must be"):
+        resumed.moments_as({}, "means")
 
 
 @pytest.mark.parametrize("make", [lambda: SGD(0.1), lambda: Momentum(0.1), lambda: Adam(0.1)])

@@ -283,7 +283,8 @@ class TorchOptimizer:
     velocity as v = -lr * b). For Adam, Keras adds epsilon to sqrt(v) before the bias
     correction while torch adds it after; setting torch's eps to eps / sqrt(1 - b2**t)
     each step makes the two the same formula. ``get_state``/``set_state`` use the NumPy
-    optimizer's names and layouts, so training state moves between engines.
+    optimizer's names and layouts (Adam's moments as averages, which the NumPy Adam's
+    ``set_state`` takes too), so training state moves between engines.
     """
 
     def __init__(self, optimizer: str | Optimizer = "adam") -> None:
@@ -354,7 +355,8 @@ class TorchOptimizer:
         self.torch.zero_grad(set_to_none=True)
 
     def get_state(self) -> dict[str, np.ndarray]:
-        """Like ``Optimizer.get_state``: {"iterations": ..., "m.0.W": ..., "v.0.W": ...}."""
+        """Like ``Optimizer.get_state``: {"iterations": ..., "v.0.W": ...}; for Adam, its
+        moments as Keras's averages, "m.0.W" and "v.0.W" (what torch keeps)."""
         out = {"iterations": np.array(self.iterations, dtype=np.int64)}
         if self.torch is None:
             return out
@@ -372,6 +374,8 @@ class TorchOptimizer:
     def set_state(self, flat: dict[str, np.ndarray]) -> None:
         """Restore what ``get_state`` (of either engine) returned."""
         self.iterations = int(flat["iterations"])
+        if isinstance(self.spec, Adam):  # the NumPy engine keeps sums, torch averages
+            flat = self.spec.moments_as(flat, "averages")
         if self.torch is None:  # not attached yet: attach() restores it
             self._pending = dict(flat)
             return
