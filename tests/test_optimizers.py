@@ -68,6 +68,13 @@ def test_keras_default_hyperparameters() -> None:
     assert Momentum().momentum == 0.9
 
 
+@pytest.mark.parametrize("betas", [{"beta_1": 1.0}, {"beta_2": 1.0}, {"beta_1": -0.1}])
+def test_adam_refuses_betas_outside_0_to_1(betas) -> None:
+    name = next(iter(betas))
+    with pytest.raises(ValueError, match=f"{name} must be in \\[0, 1\\)"):
+        Adam(**betas)
+
+
 def test_names_give_optimizers_with_default_settings() -> None:
     assert isinstance(get_optimizer("sgd"), SGD)
     assert isinstance(get_optimizer("momentum"), Momentum)

@@ -181,7 +181,7 @@ class Adam(Optimizer):
 
     The moments are kept as exponentially weighted sums, m_sum = m / (1 - b1) and
     v_sum = v / (1 - b2), so that taking in a gradient is an addition without a
-    multiplication (the update is bound by memory traffic, and this cuts it by 11%):
+    multiplication (the update's time is memory traffic; this takes 11% off it):
 
         m_sum = b1 m_sum + g;   v_sum = b2 v_sum + g**2
         p -= alpha * m_sum / (sqrt(v_sum) + epsilon / sqrt(1 - b2))
@@ -202,6 +202,9 @@ class Adam(Optimizer):
     ) -> None:
         super().__init__(lr)
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        for name, beta in (("beta_1", self.beta_1), ("beta_2", self.beta_2)):
+            if not 0 <= beta < 1:  # at 1 a moment never takes in a gradient
+                raise ValueError(f"Adam's {name} must be in [0, 1), got {beta}")
 
     def slots(self) -> tuple[str, ...]:
         return ("m_sum", "v_sum")
