@@ -64,3 +64,23 @@ def test_steal_is_the_hosts_share_of_cpu_time_between_two_readings(bench: Module
 def test_a_wake_up_is_timed_from_the_call_to_the_answer(bench: ModuleType) -> None:
     seconds = bench.wake_up_s(0.05, repeat=3)
     assert 0 < seconds < 0.05  # not counting the 50 ms spent busy before each call
+
+
+def test_rounds_with_two_percent_steal_or_more_are_called_noisy(bench: ModuleType) -> None:
+    assert bench.noisy_rounds([0.0, 0.05, 0.02, 0.019]) == [2, 3]
+    assert bench.noisy_rounds([0.0, 0.01]) == []
+
+
+def test_the_report_names_the_noisy_rounds(bench: ModuleType,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    epoch = {"name": "mlp epoch", "numpy_s": 5.0, "torch_s": 5.0, "ratio": 1.0,
+             "round_ratios": [0.9, 1.1], "round_steal": [0.0, 0.04]}
+    inference = {"name": "mlp inference", "numpy_s": 0.1, "torch_s": 0.1, "ratio": 1.0,
+                 "round_ratios": [1.0, 1.0], "numpy_calls_s": [0.1], "torch_calls_s": [0.1],
+                 "n_train": 60000, "n_test": 10000, "accuracy_numpy": 0.97,
+                 "accuracy_torch": 0.97}
+    args = bench.parse_args(["--rounds", "2"])
+    bench.report([epoch, inference], args, {"right_after_s": 1e-4, "after_3ms_asleep_s": 2e-4})
+    out = capsys.readouterr().out
+    assert "by round: 0% 4%" in out
+    assert "noisy: round 2 (>= 2% taken back)" in out
