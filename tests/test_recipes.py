@@ -104,6 +104,7 @@ def test_fashion_mnist_runs_the_same_recipe(tmp_path):
     assert "Ankle boot" in (result.run_dir / "report.md").read_text()
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # the message, not NumPy's overflow warnings
 def test_a_diverging_learning_rate_stops_with_a_clear_message_and_good_weights(tmp_path, capsys):
     out = tmp_path / "diverged"
     argv = ["train", "--recipe", "softmax-regression", "--lr", "1e37", "--epochs", "20",

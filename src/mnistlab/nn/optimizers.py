@@ -94,9 +94,12 @@ class Optimizer:
     def _step_share(self, share: list[Piece]) -> bool:
         """Compute every step of a share (into each state's "scratch"); if all are finite,
         apply those of slices at once. True if all are finite."""
-        steps = [self.step(g, state) for _, g, state, _ in share]  # even after a bad one
-        if not all(np.isfinite(step.sum()) for step in steps):  # a NaN or inf makes the sum so
-            return False
+        # A diverging step overflows; the check right after catches that and update() names
+        # it in a TrainingDivergedError, so NumPy's own warnings would only repeat it.
+        with np.errstate(over="ignore", invalid="ignore"):
+            steps = [self.step(g, state) for _, g, state, _ in share]  # even after a bad one
+            if not all(np.isfinite(step.sum()) for step in steps):  # a NaN or inf makes it so
+                return False
         for (p, _, _, sliced), step in zip(share, steps, strict=True):
             if sliced:
                 np.subtract(p, step, out=p)
