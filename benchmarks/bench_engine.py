@@ -440,9 +440,10 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace,
                   f"by round: {each}")
             if noisy := noisy_rounds(steal):
                 which = "round" if len(noisy) == 1 else "rounds"
+                advice = ("compare the engines by the others" if len(noisy) < len(steal)
+                          else "rerun when the host is quieter")
                 print(f"    noisy: {which} {', '.join(map(str, noisy))} (>= {NOISY_STEAL:.1%} "
-                      f"taken back), where the NumPy engine's ratio reads high; compare the "
-                      f"engines by the rounds below")
+                      f"taken back), where the NumPy engine's ratio reads high; {advice}")
     print(f"  waking a sleeping thread and hearing back from it, here: "
           f"{1e6 * wake_up['right_after_s']:.0f} us right after the last time, "
           f"{1e6 * wake_up['after_3ms_asleep_s']:.0f} us after 3 ms asleep")
