@@ -44,8 +44,8 @@ GOALS = {"mlp epoch": 1.0, "cnn epoch": 2.0, "mlp inference": 1.0, "cnn inferenc
 SETTLE_S = 0.02  # pause between turns: lets the last engine's spinning threads go to sleep
 # A round in which the host took back this share of the CPU time or more is noisy: the NumPy
 # engine's ratio then reads high (its threads sleep between tasks and every wake-up waits on
-# the host; PyTorch's spin). Measured on one day: 15 MLP rounds below 1.5% had a median ratio
-# of 0.94, 12 rounds at 1.5-10% one of 1.07.
+# the host; PyTorch's spin). Measured on one day: 18 MLP rounds below 1.5% had a median ratio
+# of 0.94 (17 of them <= 1.0), 12 rounds at 1.5-10% one of 1.07.
 NOISY_STEAL = 0.015
 
 
