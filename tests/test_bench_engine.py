@@ -80,12 +80,13 @@ def test_the_report_names_the_noisy_rounds(bench: ModuleType,
                  "n_train": 60000, "n_test": 10000, "accuracy_numpy": 0.97,
                  "accuracy_torch": 0.97}
     args = bench.parse_args(["--rounds", "2"])
-    bench.report([epoch, inference], args, {"right_after_s": 1e-4, "after_3ms_asleep_s": 2e-4})
+    wake_up = {"right_after_s": 1e-4, "after_3ms_asleep_s": 2e-4}
+    bench.report([epoch, inference], args, wake_up)
     out = capsys.readouterr().out
     assert "by round: 0.0% 4.0%" in out
     assert "noisy: round 2 (>= 1.5% taken back)" in out
     assert "compare the engines by the others" in out
     epoch["round_steal"] = [0.02, 0.04]  # every round noisy: nothing to compare by
-    bench.report([epoch, inference], args, {"right_after_s": 1e-4, "after_3ms_asleep_s": 2e-4})
+    bench.report([epoch, inference], args, wake_up)
     assert "noisy: rounds 1, 2" in (out := capsys.readouterr().out)
     assert "rerun when the host is quieter" in out
