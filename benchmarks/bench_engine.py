@@ -88,7 +88,8 @@ def load(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
 
 
 def build(kind: str) -> Any:
-    from mnistlab.nn import Conv2D, Dense, Dropout, Flatten, MaxPooling2D, Sequential
+    from mnistlab import Sequential
+    from mnistlab.nn import Conv2D, Dense, Dropout, Flatten, MaxPooling2D
 
     if kind == "mlp":
         layers = [Flatten(), Dense(1000, "relu"), Dense(10, "softmax")]

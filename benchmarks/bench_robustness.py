@@ -4,7 +4,7 @@
 
 Takes the first --count MNIST test digits, turns each into what people feed in (a 280x280
 canvas, off-center, black on white, thicker or thinner strokes, small rotations, JPEG at
-quality 75, a photo of paper under uneven light), runs `mnistlab.preprocess` on it, and
+quality 75, a photo of paper under uneven light), runs `mnistlab.handwriting.preprocess` on it, and
 reports the model's accuracy per kind beside its clean accuracy (the same digits fed
 directly). Goal: within 1.5 points of clean on every kind.
 """
@@ -21,9 +21,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from common import print_table
 from mnistlab.datasets import load_data
-from mnistlab.preprocess import preprocess_image
-from mnistlab.recognizer import Recognizer
-from mnistlab.robustness import ROBUSTNESS_KINDS, make_robustness_variants
+from mnistlab.handwriting.preprocess import preprocess_image
+from mnistlab.handwriting.recognizer import Recognizer
+from mnistlab.handwriting.robustness import ROBUSTNESS_KINDS, make_robustness_variants
 
 GOAL_POINTS = 1.5
 

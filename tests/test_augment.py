@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mnistlab.augment import (
+from mnistlab.handwriting.augment import (
     AffineParams,
     augment,
     change_stroke,
@@ -14,8 +14,8 @@ from mnistlab.augment import (
     random_affine_params,
     transform,
 )
-from mnistlab.preprocess import preprocess_image
-from mnistlab.recognizer import Recognizer, bundled_model_path
+from mnistlab.handwriting.preprocess import preprocess_image
+from mnistlab.handwriting.recognizer import Recognizer, bundled_model_path
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_augmented_digits_stay_recognizable(digits, bundled):
 
 
 def test_the_bundled_model_ships_small_and_recognizes_mnist(digits, bundled):
-    from mnistlab.io import load_model
+    from mnistlab.engines import load_model
 
     path = bundled_model_path()
     assert path.is_file() and path.stat().st_size < 2 * 2**20

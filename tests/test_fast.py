@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mnistlab.errors import MnistlabError
-from mnistlab.fast import (
+from mnistlab.experiments.fast import (
     FAST_DEFAULTS,
     LearningRateSchedule,
     fast_model,
@@ -19,9 +19,9 @@ from mnistlab.fast import (
     scheduled_lr,
     smooth_labels,
 )
+from mnistlab.experiments.recipes import RECIPES
+from mnistlab.experiments.runner import train_recipe
 from mnistlab.nn import Adam
-from mnistlab.recipes import RECIPES
-from mnistlab.runner import train_recipe
 
 QUICK = {"limit": "1024", "test_limit": "300"}  # 8 steps of 128
 
@@ -115,8 +115,8 @@ def test_the_model_is_small_and_strided():
 def test_fast_recipe_runs_and_its_model_runs_the_same_on_the_other_engine(engine, tmp_path):
     torch = pytest.importorskip("torch")
     from mnistlab.datasets import load_data
+    from mnistlab.engines.numpy import load_model as load_numpy
     from mnistlab.engines.torch import load_model as load_torch
-    from mnistlab.io import load_model as load_numpy
 
     result = train_recipe("fast", QUICK, engine=engine, out=tmp_path / engine, verbose=0)
     metrics = json.loads((result.run_dir / "metrics.json").read_text())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mnistlab import Sequential
 from mnistlab.nn import (
     Activation,
     Conv2D,
@@ -14,7 +15,6 @@ from mnistlab.nn import (
     Dropout,
     Flatten,
     MaxPooling2D,
-    Sequential,
     gradcheck,
 )
 from mnistlab.nn.losses import one_hot

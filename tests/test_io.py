@@ -13,9 +13,11 @@ import pytest
 import safetensors.numpy
 
 import mnistlab
+from mnistlab import Sequential
+from mnistlab.engines import load_model
+from mnistlab.engines.io import DIGEST_KEY, SPEC_KEY, save_model, weights_digest
 from mnistlab.errors import ModelFileError
-from mnistlab.io import DIGEST_KEY, SPEC_KEY, load_model, save_model, weights_digest
-from mnistlab.nn import Conv2D, Dense, Dropout, Flatten, MaxPooling2D, Sequential
+from mnistlab.nn import Conv2D, Dense, Dropout, Flatten, MaxPooling2D
 
 
 def small_cnn(dtype: str = "float32") -> Sequential:

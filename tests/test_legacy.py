@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mnistlab.engines.legacy import LEGACY_SHAPES, load_legacy_weights, safe_unpickle
 from mnistlab.errors import ModelFileError, UnsafePickleError
-from mnistlab.legacy import LEGACY_SHAPES, load_legacy_weights, safe_unpickle
 
 SAMPLE_WEIGHT = Path(
     os.environ.get(
@@ -117,9 +117,9 @@ def test_find_class_refuses_even_without_the_scan(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, protocol: int
 ) -> None:
     """The pre-scan is a convenience; the unpickler's allow-list alone must stop every attack."""
-    import mnistlab.legacy
+    import mnistlab.engines.legacy
 
-    monkeypatch.setattr(mnistlab.legacy, "_scan_globals", lambda data, source: None)
+    monkeypatch.setattr(mnistlab.engines.legacy, "_scan_globals", lambda data, source: None)
     marker = tmp_path / "pwned"
     for attack in _attacks(marker).values():
         with pytest.raises(UnsafePickleError, match="refusing"):
@@ -224,9 +224,9 @@ def _load_mnist():  # type: ignore[no-untyped-def]
 @needs_sample
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_reference_pickle_classifies_9352_test_images(dtype: str) -> None:
-    pytest.importorskip("mnistlab.nn.model", reason="the NumPy engine is not written yet")
+    pytest.importorskip("mnistlab.engines.numpy", reason="the NumPy engine is not written yet")
     load_mnist = _load_mnist()
-    from mnistlab.legacy import import_weights
+    from mnistlab.engines.legacy import import_weights
 
     (_, _), (x_test, t_test) = load_mnist(normalize=True, flatten=True, one_hot_label=False)
     model = import_weights(SAMPLE_WEIGHT, dtype=dtype)
@@ -241,7 +241,7 @@ def test_bench_inference_command_smoke(capsys: pytest.CaptureFixture[str]) -> No
     """`mnistlab bench inference` on a few images: three modes, the same accuracy, exit 0."""
     import argparse
 
-    pytest.importorskip("mnistlab.nn.model", reason="the NumPy engine is not written yet")
+    pytest.importorskip("mnistlab.engines.numpy", reason="the NumPy engine is not written yet")
     _load_mnist()
     from mnistlab.cli.bench import register
 

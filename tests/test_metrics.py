@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mnistlab.metrics import (
+from mnistlab.reporting.metrics import (
     Misclassification,
     accuracy,
     confusion_matrix,

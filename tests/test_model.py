@@ -8,6 +8,7 @@ import io
 import numpy as np
 import pytest
 
+from mnistlab.engines.numpy import Sequential, model_from_spec
 from mnistlab.errors import TrainingDivergedError
 from mnistlab.nn import (
     SGD,
@@ -18,8 +19,6 @@ from mnistlab.nn import (
     Dropout,
     Flatten,
     MaxPooling2D,
-    Sequential,
-    model_from_spec,
 )
 from mnistlab.training import History
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mnistlab.engines.numpy import Sequential
 from mnistlab.errors import TrainingDivergedError
+from mnistlab.experiments.course import course_inputs, course_targets
 from mnistlab.nn.layers import Conv2D, Dense, Dropout, Flatten
-from mnistlab.nn.model import Sequential
 from mnistlab.nn.numgrad import (
     COURSE_LOSS,
-    course_inputs,
-    course_targets,
     numerical_gradients,
     numerical_gradients_fast,
     numerical_gradients_naive,

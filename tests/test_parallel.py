@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
-from mnistlab.nn import Conv2D, Dense, Dropout, Flatten, MaxPooling2D, Sequential
-from mnistlab.nn import model as model_module
+from mnistlab import Sequential
+from mnistlab.engines import numpy as model_module
+from mnistlab.nn import Conv2D, Dense, Dropout, Flatten, MaxPooling2D
 from mnistlab.nn.parallel import run_each, single_threaded_blas
 
 

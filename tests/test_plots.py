@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnistlab.metrics import confusion_matrix, misclassified
-from mnistlab.plots import (
+from mnistlab.reporting.metrics import confusion_matrix, misclassified
+from mnistlab.reporting.plots import (
     compare_curves,
     confusion_matrix_plot,
     digit_grid,

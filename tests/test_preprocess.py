@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from mnistlab import preprocess
 from mnistlab.errors import ImageError, MnistlabError
-from mnistlab.preprocess import (
+from mnistlab.handwriting import preprocess
+from mnistlab.handwriting.preprocess import (
     MAX_FILE_BYTES,
     MAX_PIXELS,
     decode_image,
@@ -24,7 +24,7 @@ from mnistlab.preprocess import (
     preprocess_file,
     preprocess_image,
 )
-from mnistlab.robustness import ROBUSTNESS_KINDS, make_robustness_variants
+from mnistlab.handwriting.robustness import ROBUSTNESS_KINDS, make_robustness_variants
 
 # ----------------------------------------------------------------------------- helpers
 

@@ -16,8 +16,8 @@ from safetensors.numpy import load_file
 
 from mnistlab.cli import main
 from mnistlab.errors import MnistlabError
-from mnistlab.recipes import RECIPES, get_recipe, resolve_config
-from mnistlab.runner import resume_run, train_recipe
+from mnistlab.experiments.recipes import RECIPES, get_recipe, resolve_config
+from mnistlab.experiments.runner import resume_run, train_recipe
 
 SAMPLE_WEIGHT = Path(__file__).resolve().parents[2] / "shared" / "reference" / "sample_weight.pkl"
 

@@ -1,4 +1,4 @@
-"""Tests for run directories (mnistlab.runs) and `mnistlab eval`: real MNIST, a tiny
+"""Tests for run directories (mnistlab.reporting.runs) and `mnistlab eval`: real MNIST, a tiny
 softmax model trained for a few steps, every file checked against a direct computation."""
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnistlab import cli, runs
+from mnistlab import Sequential, cli
+from mnistlab.engines import load_model
 from mnistlab.errors import ModelFileError
-from mnistlab.io import load_model
-from mnistlab.nn import Conv2D, Dense, Flatten, Sequential
+from mnistlab.nn import Conv2D, Dense, Flatten
+from mnistlab.reporting import runs
 from mnistlab.training import History
 
 DIGITS = [str(d) for d in range(10)]

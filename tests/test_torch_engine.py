@@ -16,6 +16,8 @@ torch = pytest.importorskip("torch")
 
 from mnistlab.engines import EngineUnavailableError, build_model  # noqa: E402
 from mnistlab.engines import load_model as load_any  # noqa: E402
+from mnistlab.engines.numpy import Sequential  # noqa: E402
+from mnistlab.engines.numpy import load_model as load_numpy  # noqa: E402
 from mnistlab.engines.torch import (  # noqa: E402
     TorchSequential,
     load_model,
@@ -25,7 +27,6 @@ from mnistlab.engines.torch import (  # noqa: E402
     torch_layer,
 )
 from mnistlab.errors import TrainingDivergedError  # noqa: E402
-from mnistlab.io import load_model as load_numpy  # noqa: E402
 from mnistlab.nn import (  # noqa: E402
     Activation,
     Conv2D,
@@ -34,7 +35,6 @@ from mnistlab.nn import (  # noqa: E402
     Dropout,
     Flatten,
     MaxPooling2D,
-    Sequential,
 )
 
 FWD, GRAD = 1e-5, 1e-4  # the tolerances asked of the engine (we get ~1e-12 in float64)
@@ -435,9 +435,10 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 
 def test_import_mnistlab_does_not_import_torch():
     result = run_python(
-        "import sys, mnistlab, mnistlab.nn, mnistlab.io, mnistlab.training, mnistlab.engines\n"
+        "import sys, mnistlab, mnistlab.nn, mnistlab.engines.io, mnistlab.training\n"
+        "import mnistlab.engines\n"
         "from mnistlab.engines import build_model\n"
-        "from mnistlab.nn import Sequential, Dense\n"
+        "from mnistlab import Sequential\nfrom mnistlab.nn import Dense\n"
         "m = Sequential([Dense(3, 'softmax')], input_shape=(4,), seed=0)\n"
         "build_model(m.spec(), engine='numpy').predict([[0.0, 1.0, 2.0, 3.0]])\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n")

@@ -18,10 +18,10 @@ __version__ = "0.1.0"
 # Top-level names, imported on first use so that `import mnistlab` (and the CLI) stays
 # fast: name -> module that defines it.
 _LAZY = {
-    "Sequential": "mnistlab.nn.model",
-    "load_model": "mnistlab.io",
-    "save_model": "mnistlab.io",
-    "import_weights": "mnistlab.legacy",
+    "Sequential": "mnistlab.engines.numpy",
+    "load_model": "mnistlab.engines",
+    "save_model": "mnistlab.engines.io",
+    "import_weights": "mnistlab.engines.legacy",
     "load_mnist": "mnistlab.datasets",
     "load_data": "mnistlab.datasets",
 }

@@ -25,7 +25,7 @@ from mnistlab.cli.args import positive_int
 from mnistlab.errors import ModelFileError
 
 if TYPE_CHECKING:
-    from mnistlab.nn.model import Sequential
+    from mnistlab.engines.numpy import Sequential
 
 TEXTBOOK_CORRECT = 9_352  # of the 10,000 MNIST test images, as the textbook prints
 COURSE_ACCURACY = 0.924  # the course's 784-30-10 net after one epoch of numerical gradients
@@ -123,10 +123,10 @@ def resolve_weights(path: Path | None) -> Path:
 def load_benchmark_model(path: Path, dtype: str = "float32") -> Sequential:
     """A .pkl goes through the safe legacy importer; anything else is a mnistlab model file."""
     if path.suffix == ".pkl":
-        from mnistlab.legacy import import_weights
+        from mnistlab.engines.legacy import import_weights
 
         return import_weights(path, dtype=dtype)
-    from mnistlab.io import load_model
+    from mnistlab.engines import load_model
 
     return load_model(path)
 
@@ -215,7 +215,8 @@ def time_numgrad(
 ) -> tuple[list[NumgradTiming], float]:
     """Train fresh course nets on the first samples, naive and fast; also return how far the
     two nets' weights are apart (max relative difference) after the same ``naive_samples``."""
-    from mnistlab.nn.numgrad import course_model, train_numerical
+    from mnistlab.experiments.course import course_model
+    from mnistlab.nn.numgrad import train_numerical
 
     timings, weights = [], {}
     for method, count in (("naive", naive_samples), ("fast", fast_samples)):
@@ -248,7 +249,8 @@ def run_course_epoch(
     then test accuracy. Returns (seconds, accuracy, [(step, loss) every 200 samples])."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from mnistlab.nn.numgrad import course_model, train_numerical
+    from mnistlab.experiments.course import course_model
+    from mnistlab.nn.numgrad import train_numerical
 
     model = course_model(hidden, seed)
     columns = (
@@ -273,7 +275,7 @@ def run_course_epoch(
 def cmd_numgrad(args: argparse.Namespace) -> int:
     """Naive vs fast per-sample time; with --epoch, the course's one-epoch run and its accuracy."""
     from mnistlab.datasets import load_data
-    from mnistlab.nn.numgrad import course_inputs, course_targets
+    from mnistlab.experiments.course import course_inputs, course_targets
 
     (x_train, t_train), (x_test, t_test) = load_data()
     count = max(args.naive_samples, args.fast_samples)

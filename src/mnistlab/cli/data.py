@@ -131,7 +131,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
-    from mnistlab.plots import digit_grid
+    from mnistlab.reporting.plots import digit_grid
 
     images, labels = _split(args.dataset, args.split)
     stop = min(args.start + args.count, len(images))

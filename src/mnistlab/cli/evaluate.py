@@ -39,9 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Load, evaluate, write the files, print the numbers and where they are."""
-    from mnistlab import runs
     from mnistlab.datasets import get_dataset, load_data
     from mnistlab.engines import load_model
+    from mnistlab.reporting import runs
 
     path: Path = args.model
     if not path.is_file():
@@ -86,7 +86,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _output_dir(out: Path | None, model_path: Path) -> Path:
-    from mnistlab.runs import new_run_dir
+    from mnistlab.reporting.runs import new_run_dir
 
     if out is None:
         return new_run_dir(f"eval-{model_path.stem}")
@@ -103,7 +103,7 @@ def _training_time(out: Path) -> dict[str, float]:
     """The training time a training run's metrics.json recorded, kept when re-evaluating."""
     import json
 
-    from mnistlab.runs import METRICS, TRAINING_TIME_KEYS
+    from mnistlab.reporting.runs import METRICS, TRAINING_TIME_KEYS
 
     try:
         old = json.loads((out / METRICS).read_text(encoding="utf-8"))

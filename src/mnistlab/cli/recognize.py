@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="recognize the digit in image files",
         description="Recognize one handwritten digit per image (PNG, JPEG, ... any size). "
-        "Each image is preprocessed the way MNIST was made (see mnistlab.preprocess).",
+        "Each image is preprocessed the way MNIST was made (see mnistlab.handwriting.preprocess).",
     )
     predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     predict.add_argument("--model", type=Path, help="saved model (default: the bundled one)")
@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from mnistlab.recognizer import Recognizer
+    from mnistlab.handwriting.recognizer import Recognizer
 
     if args.top < 1 or args.top > 10:
         raise MnistlabError("--top must be between 1 and 10")
@@ -90,6 +90,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _load(path: Path):
-    from mnistlab.preprocess import WORK_MAX_SIDE, load_image
+    from mnistlab.handwriting.preprocess import WORK_MAX_SIDE, load_image
 
     return load_image(path, max_side=WORK_MAX_SIDE)

@@ -61,7 +61,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from mnistlab.cli.output import console
-    from mnistlab.recipes import RECIPES
+    from mnistlab.experiments.recipes import RECIPES
 
     table = Table(title="mnistlab recipes")
     for column in ("name", "experiment", "reference", "settings"):
@@ -89,7 +89,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mnistlab.runner import resume_run, train_recipe
+    from mnistlab.experiments.runner import resume_run, train_recipe
 
     verbose = 0 if args.quiet else 1
     if args.resume:
@@ -111,8 +111,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from mnistlab.cli.output import console
-    from mnistlab.plots import compare_curves
-    from mnistlab.runner import train_recipe
+    from mnistlab.experiments.runner import train_recipe
+    from mnistlab.reporting.plots import compare_curves
 
     run_dirs = list(args.run_dirs)
     if args.recipes:

@@ -1,11 +1,13 @@
 """MNIST-style datasets: IDX/CSV formats, a registry of sources, a verified cache, loaders."""
 
 from mnistlab.datasets.api import (
+    PIXEL_SCALES,
     dataset_info,
     load_array,
     load_data,
     load_mnist,
     one_hot,
+    scale_pixels,
     scale_to_range,
     scale_to_unit,
 )
@@ -16,6 +18,7 @@ from mnistlab.datasets.sources import cache_home, fetch, fetch_all
 
 __all__ = [
     "DATASETS",
+    "PIXEL_SCALES",
     "cache_home",
     "dataset_info",
     "fetch",
@@ -27,6 +30,7 @@ __all__ = [
     "one_hot",
     "read_csv",
     "read_idx",
+    "scale_pixels",
     "scale_to_range",
     "scale_to_unit",
     "write_csv",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -107,28 +108,47 @@ def load_mnist(
     return (images(x_train), labels(t_train)), (images(x_test), labels(t_test))
 
 
-def scale_to_unit(x: np.ndarray) -> np.ndarray:
-    """Pixels 0..255 -> float32 in [0, 1]."""
-    return np.multiply(x, np.float32(1 / 255), dtype=np.float32)
+def scale_to_unit(x: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
+    """Pixels 0..255 -> [0, 1], computed in ``dtype`` (float32 by default)."""
+    return np.multiply(x, np.dtype(dtype).type(1 / 255), dtype=dtype)
 
 
-def scale_to_range(x: np.ndarray, low: float = 0.01, high: float = 1.0) -> np.ndarray:
-    """Pixels 0..255 -> float32 in [low, high]; the default is the [0.01, 1.0] some courses use
-    so that no input is exactly zero."""
-    scaled = np.multiply(x, np.float32((high - low) / 255), dtype=np.float32)
-    scaled += np.float32(low)
+def scale_to_range(x: np.ndarray, low: float = 0.01, high: float = 1.0,
+                   dtype: Any = np.float32) -> np.ndarray:
+    """Pixels 0..255 -> [low, high] in ``dtype``; the default is the [0.01, 1.0] some courses
+    use so that no input is exactly zero."""
+    kind = np.dtype(dtype).type
+    scaled = np.multiply(x, kind((high - low) / 255), dtype=dtype)
+    scaled += kind(low)
     return scaled
 
 
+PIXEL_SCALES = ("unit", "raw", "0.01-1")  # the model spec's preprocess["scale"]
+
+
+def scale_pixels(images: np.ndarray, scale: str, dtype: Any = np.float32) -> np.ndarray:
+    """Pixels 0..255 as a model's inputs, in ``dtype``, by the spec's ``preprocess["scale"]``:
+    "unit" [0, 1], "raw" 0..255 unchanged, "0.01-1" the course's [0.01, 1]. The one place
+    where that setting is interpreted (training data, recognition and evaluation use it)."""
+    if scale == "unit":
+        return scale_to_unit(images, dtype)
+    if scale == "0.01-1":
+        return scale_to_range(images, dtype=dtype)
+    if scale == "raw":
+        return np.asarray(images).astype(dtype)
+    raise ValueError(f"unknown pixel scale {scale!r}; choose one of {PIXEL_SCALES}")
+
+
 def one_hot(
-    labels: np.ndarray, num_classes: int = 10, off: float = 0.0, on: float = 1.0
+    labels: np.ndarray, num_classes: int = 10, off: float = 0.0, on: float = 1.0,
+    dtype: Any = np.float32,
 ) -> np.ndarray:
     """Integer labels -> float32 rows of ``off`` with ``on`` at the label (0.01/0.99 for the
     sigmoid-output course networks)."""
     labels = np.asarray(labels)
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"labels must lie in 0..{num_classes - 1}")
-    out = np.full((labels.size, num_classes), off, dtype=np.float32)
+    out = np.full((labels.size, num_classes), off, dtype=dtype)
     out[np.arange(labels.size), labels.reshape(-1)] = on
     return out
 

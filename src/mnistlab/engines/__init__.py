@@ -64,7 +64,7 @@ def build_model(spec: dict, engine: str = "numpy", device: str | None = None,
                              "use engine='torch' for other devices")
         if options:
             raise ValueError(f"options {sorted(options)} apply to the torch engine only")
-        from mnistlab.nn.model import model_from_spec
+        from mnistlab.engines.numpy import model_from_spec
 
         return model_from_spec(spec, seed=seed)
     return _torch_engine().TorchSequential.from_spec(spec, seed=seed,
@@ -73,12 +73,12 @@ def build_model(spec: dict, engine: str = "numpy", device: str | None = None,
 
 def load_model(path: str | os.PathLike[str], engine: str = "numpy",
                device: str | None = None, **options: Any) -> Any:
-    """Load a model saved by either engine (``mnistlab.io`` format) onto ``engine``
+    """Load a model saved by either engine (``mnistlab.engines.io`` format) onto ``engine``
     (``device`` as in ``build_model``)."""
     if _check_engine(engine) == "numpy":
         if device not in (None, "cpu") or options:
             raise ValueError("device and options apply to the torch engine only")
-        from mnistlab.io import load_model as load_numpy
+        from mnistlab.engines.numpy import load_model as load_numpy
 
         return load_numpy(path)
     return _torch_engine().load_model(path, device=device or "auto", **options)

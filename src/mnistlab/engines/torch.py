@@ -5,7 +5,7 @@ the Keras-style workflow of the NumPy ``Sequential`` and the same weights and fi
     model = TorchSequential.from_spec(spec, seed=0, device="cuda")
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(x_train, y_train, epochs=5, batch_size=100)
-    model.save("model.safetensors")     # mnistlab.io's format: the NumPy engine loads it
+    model.save("model.safetensors")     # mnistlab.engines.io's format: the NumPy engine loads it
 
 What is the same as the NumPy engine, by construction:
 - weights are created by the NumPy layers from the same seed, then copied in, so one
@@ -46,6 +46,7 @@ except ImportError as exc:  # torch is an optional extra
         f"the PyTorch engine needs torch, which is not installed here: {TORCH_HINT}"
     ) from exc
 
+from mnistlab.engines.numpy import DTYPES, SPEC_FORMAT, SPEC_VERSION, Sequential, model_from_spec
 from mnistlab.errors import TrainingDivergedError
 from mnistlab.nn import layers as np_layers
 from mnistlab.nn.losses import (
@@ -58,9 +59,8 @@ from mnistlab.nn.losses import (
     class_indices,
     get_loss,
 )
-from mnistlab.nn.model import DTYPES, SPEC_FORMAT, SPEC_VERSION, Sequential, model_from_spec
 from mnistlab.nn.optimizers import SGD, Adam, Momentum, Optimizer, get_optimizer
-from mnistlab.training import History, _Progress, check_batch_size, epoch_order
+from mnistlab.training.loop import History, _Progress, check_batch_size, epoch_order
 
 Tensor = torch.Tensor
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -409,7 +409,7 @@ def _numpy(t: Tensor, transposed: bool = False) -> np.ndarray:
 # ---- the model -------------------------------------------------------------------------------
 class TorchSequential:
     """The NumPy ``Sequential``'s API on PyTorch: compile, fit, evaluate, predict, summary,
-    get_weights/set_weights (NumPy names and layouts), spec, save (mnistlab.io format).
+    get_weights/set_weights (NumPy names and layouts), spec, save (mnistlab.engines.io format).
 
     Layers are the NumPy layer objects (``mnistlab.nn.Dense`` ...) or come from a spec;
     they are built by the NumPy engine from ``seed`` and copied in.
@@ -813,8 +813,8 @@ class TorchSequential:
                 "layers": [dict(c) for c in self.configs], "preprocess": dict(self.preprocess)}
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Save spec and weights with ``mnistlab.io.save_model``: either engine loads it."""
-        from mnistlab.io import save_model
+        """Save spec and weights with ``mnistlab.engines.io.save_model``: either engine loads it."""
+        from mnistlab.engines.io import save_model
 
         save_model(self, path)
 
@@ -909,7 +909,7 @@ def to_numpy(model: TorchSequential) -> Sequential:
 
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu",
                channels_last: bool = False) -> TorchSequential:
-    """Load a file written by either engine (``mnistlab.io`` checks it) onto torch."""
-    from mnistlab.io import load_model as load_numpy
+    """Load a file written by either engine (``mnistlab.engines.io`` checks it) onto torch."""
+    from mnistlab.engines.numpy import load_model as load_numpy
 
     return to_torch(load_numpy(path), device, channels_last=channels_last)

@@ -1,6 +1,9 @@
-"""The from-scratch NumPy engine: layers, activations, losses, optimizers, Sequential.
+"""The from-scratch NumPy engine: layers, activations, losses, optimizers, the network.
 
-    from mnistlab.nn import Sequential, Dense, Flatten
+The model a user trains (``mnistlab.Sequential``) puts these together with the fit loop:
+
+    from mnistlab import Sequential
+    from mnistlab.nn import Dense, Flatten
     model = Sequential([Flatten(input_shape=(28, 28)), Dense(1000, "relu"),
                         Dense(10, "softmax")], seed=0)
     model.compile("adam", "sparse_categorical_crossentropy")
@@ -31,7 +34,6 @@ from mnistlab.nn.losses import (
     accuracy,
     get_loss,
 )
-from mnistlab.nn.model import Sequential, model_from_spec
 from mnistlab.nn.optimizers import SGD, Adam, Momentum, Optimizer, get_optimizer
 
 __all__ = [
@@ -52,7 +54,6 @@ __all__ = [
     "MeanSquaredError",
     "Momentum",
     "Optimizer",
-    "Sequential",
     "SigmoidCrossentropySum",
     "accuracy",
     "get_activation",
@@ -60,7 +61,6 @@ __all__ = [
     "get_optimizer",
     "gradcheck",
     "layer_from_config",
-    "model_from_spec",
     "sigmoid",
     "softmax",
 ]

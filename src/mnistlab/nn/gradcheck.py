@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import Any as Network
 
 import numpy as np
-
-from mnistlab.nn.model import Sequential
 
 
 @dataclass
@@ -48,7 +47,7 @@ class GradcheckReport:
         return "\n".join(lines)
 
 
-def gradcheck(model: Sequential, x: np.ndarray, y: np.ndarray, *, eps: float = 1e-6,
+def gradcheck(model: Network, x: np.ndarray, y: np.ndarray, *, eps: float = 1e-6,
               training: bool = True, max_entries: int | None = None,
               seed: int = 0) -> GradcheckReport:
     """Compare ``model.loss_and_grads`` with central differences for every parameter.

@@ -50,22 +50,19 @@ from mnistlab.nn.losses import (
     class_indices,
     get_loss,
 )
-from mnistlab.nn.model import Sequential
-from mnistlab.nn.optimizers import SGD
 
 __all__ = [
     "COURSE_LOSS",
     "FAST_LAYER_TYPES",
     "NumgradHistory",
-    "course_inputs",
-    "course_model",
-    "course_targets",
     "numerical_gradients",
     "numerical_gradients_fast",
     "numerical_gradients_naive",
     "param_groups",
     "train_numerical",
 ]
+
+Network = Any  # TEMP: nn.network.Network
 
 DELTA = 1e-4
 # The course's loss: summed sigmoid binary cross-entropy, -sum(t log(y+1e-7) + (1-t) log(1-y+1e-7)).
@@ -80,54 +77,10 @@ CHUNK_BYTES = 112 * 1024
 Method = Literal["fast", "naive"]
 
 
-# ---- data in the course's form --------------------------------------------------------------
-
-
-def course_inputs(images: np.ndarray, dtype: Any = "float64") -> np.ndarray:
-    """Pixels 0..255 (any shape (N, ...)) -> flat (N, 784) in [0.01, 1]: x / 255 * 0.99 + 0.01.
-
-    Scaled this way no input is zero, so every weight of the first layer learns from every
-    sample (spec preprocess scale "0.01-1").
-    """
-    x = np.asarray(images).reshape(len(images), -1)
-    return (x.astype(dtype) / 255.0 * 0.99 + 0.01).astype(dtype, copy=False)
-
-
-def course_targets(labels: np.ndarray, classes: int = 10, dtype: Any = "float64") -> np.ndarray:
-    """Integer labels -> one-hot rows of 0.01 and 0.99 (a sigmoid never reaches 0 or 1)."""
-    labels = np.asarray(labels).reshape(-1)
-    t = np.full((len(labels), classes), 0.01, dtype=dtype)
-    t[np.arange(len(labels)), labels] = 0.99
-    return t
-
-
-def course_model(hidden: int = 30, seed: int | None = 0, dtype: str = "float64") -> Sequential:
-    """The course's 784-hidden-10 sigmoid/sigmoid net, built (weights randn / sqrt(fan_in),
-    biases 0) and compiled with the summed binary cross-entropy and SGD lr 0.01.
-
-    float64 by default: central differences with delta 1e-4 lose about half their digits to
-    rounding in float32.
-    """
-    model = Sequential(
-        [
-            Dense(hidden, activation="sigmoid", kernel_initializer="xavier"),
-            Dense(10, activation="sigmoid", kernel_initializer="xavier"),
-        ],
-        seed=seed,
-        dtype=dtype,
-        input_shape=(784,),
-        preprocess={"scale": "0.01-1"},
-        name="course_numgrad",
-    )
-    model.build()
-    model.compile(SGD(lr=0.01), COURSE_LOSS)
-    return model
-
-
 # ---- losses -----------------------------------------------------------------------------------
 
 
-def _fused(model: Sequential, loss: Loss) -> bool:
+def _fused(model: Network, loss: Loss) -> bool:
     """True when the loss is computed from the output layer's logits (softmax + cross-entropy),
     as ``Sequential`` does; numerical gradients must differentiate that same loss."""
     act = model.layers[-1].activation
@@ -136,7 +89,7 @@ def _fused(model: Sequential, loss: Loss) -> bool:
     )
 
 
-def _forward_loss(model: Sequential, x: np.ndarray, t: np.ndarray, loss: Loss) -> float:
+def _forward_loss(model: Network, x: np.ndarray, t: np.ndarray, loss: Loss) -> float:
     """The loss of one batch, computed exactly as ``Sequential`` computes it (inference mode)."""
     h = x
     for layer in model.layers[:-1]:
@@ -189,12 +142,12 @@ class _BatchedLoss:
 # ---- parameter groups -----------------------------------------------------------------------
 
 
-def param_groups(model: Sequential) -> list[tuple[int, str]]:
+def param_groups(model: Network) -> list[tuple[int, str]]:
     """(layer index, parameter name) in the course's update order: input side first, W then b."""
     return [(i, name) for i, layer in enumerate(model.layers) for name in layer.params]
 
 
-def _prepare(model: Sequential, x: np.ndarray, loss: str | Loss | None) -> tuple[np.ndarray, Loss]:
+def _prepare(model: Network, x: np.ndarray, loss: str | Loss | None) -> tuple[np.ndarray, Loss]:
     loss = model.loss if loss is None else get_loss(loss)
     if loss is None:
         raise ValueError("pass a loss (e.g. 'binary_crossentropy_sum') or compile the model")
@@ -210,7 +163,7 @@ def _prepare(model: Sequential, x: np.ndarray, loss: str | Loss | None) -> tuple
 
 
 def _naive_group(
-    model: Sequential,
+    model: Network,
     x: np.ndarray,
     t: np.ndarray,
     loss: Loss,
@@ -234,7 +187,7 @@ def _naive_group(
 
 
 def numerical_gradients_naive(
-    model: Sequential,
+    model: Network,
     x: np.ndarray,
     t: np.ndarray,
     loss: str | Loss | None = None,
@@ -288,7 +241,7 @@ def _is_elementwise(layer: Layer) -> bool:
     return layer.activation is None or layer.activation.name in _ELEMENTWISE
 
 
-def _tail(model: Sequential, start: int, z: np.ndarray, batched: _BatchedLoss) -> np.ndarray:
+def _tail(model: Network, start: int, z: np.ndarray, batched: _BatchedLoss) -> np.ndarray:
     """Losses for pre-activations ``z`` (P, B, ...) of layer ``start``: its activation, then
     every later layer in inference mode, then the loss per perturbation; returns (P,)."""
     p, b = z.shape[:2]
@@ -305,7 +258,7 @@ def _tail(model: Sequential, start: int, z: np.ndarray, batched: _BatchedLoss) -
     return batched(h.reshape(p, b, -1))
 
 
-def _next_dense(model: Sequential, k: int) -> int | None:
+def _next_dense(model: Network, k: int) -> int | None:
     """Index of the Dense layer fed directly by layer k (Dropout in between is the identity
     at inference), or None."""
     for j in range(k + 1, len(model.layers)):
@@ -318,7 +271,7 @@ def _next_dense(model: Sequential, k: int) -> int | None:
 
 
 def _dense_group(
-    model: Sequential,
+    model: Network,
     x: np.ndarray,
     t: np.ndarray,
     loss: Loss,
@@ -398,7 +351,7 @@ def _dense_group(
 
 
 def _group_gradient(
-    model: Sequential,
+    model: Network,
     x: np.ndarray,
     t: np.ndarray,
     loss: Loss,
@@ -415,7 +368,7 @@ def _group_gradient(
 
 
 def numerical_gradients_fast(
-    model: Sequential,
+    model: Network,
     x: np.ndarray,
     t: np.ndarray,
     loss: str | Loss | None = None,
@@ -435,7 +388,7 @@ def numerical_gradients_fast(
 
 
 def numerical_gradients(
-    model: Sequential,
+    model: Network,
     x: np.ndarray,
     t: np.ndarray,
     loss: str | Loss | None = None,
@@ -483,7 +436,7 @@ def _samples(n: int, shuffle: bool, rng: np.random.Generator) -> Iterator[int]:
 
 
 def train_numerical(
-    model: Sequential,
+    model: Network,
     x: np.ndarray,
     t: np.ndarray,
     lr: float = 0.01,

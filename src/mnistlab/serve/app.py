@@ -22,8 +22,8 @@ from starlette.datastructures import UploadFile
 
 from mnistlab import __version__
 from mnistlab.errors import ImageError
-from mnistlab.preprocess import decode_image
-from mnistlab.recognizer import Recognizer, parse_pixel_array
+from mnistlab.handwriting.preprocess import decode_image
+from mnistlab.handwriting.recognizer import Recognizer, parse_pixel_array
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 """Largest request body accepted (8 MiB); larger ones get 413 before being read whole."""

@@ -2,7 +2,7 @@
 
 Each recipe is a short function that reads top to bottom like the course notes it comes
 from: load the data the way that course did, build the model, train it. What it returns is
-evaluated on the test set by the runner (`mnistlab.runner`), which also writes the run
+evaluated on the test set by the runner (`mnistlab.experiments.runner`), which also writes the run
 directory. Hyperparameters live in each recipe's ``defaults``; any of them can be
 overridden (``mnistlab train --recipe NAME --set lr=0.05``).
 """
@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from mnistlab.callbacks import StopAtAccuracy
-from mnistlab.datasets import load_data, one_hot, scale_to_range, scale_to_unit
+from mnistlab.datasets import PIXEL_SCALES, load_data, one_hot, scale_pixels, scale_to_unit
+from mnistlab.engines.numpy import Sequential
 from mnistlab.errors import MnistlabError
-from mnistlab.fast import FAST_DEFAULTS, fast
-from mnistlab.nn import SGD, Adam, Conv2D, Dense, Dropout, Flatten, MaxPooling2D, Sequential
+from mnistlab.experiments.fast import FAST_DEFAULTS, fast
+from mnistlab.nn import SGD, Adam, Conv2D, Dense, Dropout, Flatten, MaxPooling2D
+from mnistlab.training.callbacks import StopAtAccuracy
 
 Split = tuple[np.ndarray, np.ndarray]
 
@@ -92,14 +93,9 @@ class Recipe:
 
 
 def _inputs(images: np.ndarray, pixels: str, layout: str) -> np.ndarray:
-    if pixels == "unit":
-        x = scale_to_unit(images)
-    elif pixels == "0.01-1":
-        x = scale_to_range(images)
-    elif pixels == "raw":
-        x = images.astype(np.float32)
-    else:
-        raise MnistlabError(f"unknown pixel scaling {pixels!r} (unit, raw or 0.01-1)")
+    if pixels not in PIXEL_SCALES:
+        raise MnistlabError(f"unknown pixel scaling {pixels!r} (one of {', '.join(PIXEL_SCALES)})")
+    x = scale_pixels(images, pixels)
     return x.reshape(len(x), -1) if layout == "flat" else x.reshape(len(x), 1, 28, 28)
 
 
@@ -112,7 +108,7 @@ def _history(history: Any) -> dict[str, Any] | None:
 
 def pretrained_sigmoid(ctx: Context) -> Trained:
     """The textbook's chapter 3: a 784-50-100-10 sigmoid net with pretrained weights."""
-    from mnistlab.legacy import import_weights
+    from mnistlab.engines.legacy import import_weights
 
     weights = Path(ctx.config["weights"]).expanduser()
     if not weights.exists():
@@ -163,7 +159,8 @@ def numerical_30(ctx: Context) -> Trained:
     differences, delta 1e-4) instead of backprop, in the course's update order. The naive
     loop takes about 18 hours an epoch; the fast one computes the same differences in about
     a minute."""
-    from mnistlab.nn.numgrad import course_model, course_targets, train_numerical
+    from mnistlab.experiments.course import course_model, course_targets
+    from mnistlab.nn.numgrad import train_numerical
 
     c = ctx.config
     (x, y), _ = ctx.data(pixels="0.01-1")
@@ -182,7 +179,7 @@ def numerical_30(ctx: Context) -> Trained:
 
 def backprop_30(ctx: Context) -> Trained:
     """The same 784-30-10 net, loss and per-sample SGD as numerical-30, with backprop."""
-    from mnistlab.nn.numgrad import course_model, course_targets
+    from mnistlab.experiments.course import course_model, course_targets
 
     c = ctx.config
     (x, y), _ = ctx.data(pixels="0.01-1")
@@ -237,10 +234,11 @@ def handwriting(ctx: Context) -> Trained:
     """The bundled model for people's own digits: a small CNN (conv 3x3x32 - pool - conv
     3x3x64 - pool - dropout - dense 128 - dense 10), Adam with the learning rate decaying
     each epoch, trained on MNIST plus augmented copies. People's digits reach the model
-    through `mnistlab.preprocess`, which undoes size and position but not slant, rotation
-    or stroke width, so the copies vary those (`mnistlab.augment`) and are normalized the
-    way preprocess normalizes. The copies are made once, up front, from the seed."""
-    from mnistlab.augment import augment
+    through `mnistlab.handwriting.preprocess`, which undoes size and position but not slant,
+    rotation or stroke width, so the copies vary those (`mnistlab.handwriting.augment`) and
+    are normalized the way preprocess normalizes. The copies are made once, up front, from
+    the seed."""
+    from mnistlab.handwriting.augment import augment
 
     c = ctx.config
     (x, y), (x_test, y_test) = ctx.data(pixels="raw", layout="image")  # 0..255

@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from mnistlab.errors import TrainingDivergedError
+from mnistlab.engines.io import check_digest, check_weights, read_model_file, save_model
+from mnistlab.errors import ModelFileError, TrainingDivergedError
 from mnistlab.nn.layers import Conv2D, Layer, layer_from_config
 from mnistlab.nn.losses import Loss, accuracy, get_loss
 from mnistlab.nn.optimizers import Optimizer, get_optimizer
@@ -366,9 +367,7 @@ class Sequential:
                 "preprocess": dict(self.preprocess)}
 
     def save(self, path: Any) -> None:
-        """Save spec and weights as one safetensors file (see ``mnistlab.io.save_model``)."""
-        from mnistlab.io import save_model
-
+        """Save spec and weights as one safetensors file (``mnistlab.engines.io``)."""
         save_model(self, path)
 
     def __repr__(self) -> str:
@@ -394,4 +393,18 @@ def model_from_spec(spec: dict, seed: int | None = 0) -> Sequential:
     model = Sequential([layer_from_config(c) for c in layers], seed=seed, dtype=spec["dtype"],
                        input_shape=shape, preprocess=spec.get("preprocess"))
     model.build()
+    return model
+
+
+def load_model(path: Any) -> Sequential:
+    """The NumPy model a file written by either engine describes; ModelFileError if anything
+    in it is wrong."""
+    spec, tensors, digest = read_model_file(path)
+    try:
+        model = model_from_spec(spec)
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(f"{path}: invalid model spec ({exc})") from None
+    check_weights(tensors, model.named_params(), path)
+    check_digest(tensors, digest, path)
+    model.set_weights(tensors)
     return model

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mnistlab.datasets.api import scale_to_range, scale_to_unit
+from mnistlab.datasets.api import scale_pixels
 from mnistlab.errors import ImageError, ModelFileError
-from mnistlab.preprocess import preprocess_image
+from mnistlab.handwriting.preprocess import preprocess_image
 
 BUNDLED_MODEL_NAME = "digits.safetensors"
 
@@ -65,7 +65,7 @@ class Recognizer:
     @classmethod
     def from_path(cls, path: str | os.PathLike[str] | None = None) -> Recognizer:
         """Load a saved model, or the bundled one when ``path`` is None."""
-        from mnistlab.io import load_model
+        from mnistlab.engines import load_model
 
         model_path = Path(path) if path is not None else bundled_model_path()
         if not model_path.exists():
@@ -79,12 +79,7 @@ class Recognizer:
 
     def model_input(self, images: np.ndarray) -> np.ndarray:
         """(N, 28, 28) uint8 MNIST-like images -> the model's input array."""
-        if self.scale == "raw":
-            x = images.astype(np.float32)
-        elif self.scale == "0.01-1":
-            x = scale_to_range(images)
-        else:
-            x = scale_to_unit(images)
+        x = scale_pixels(images, self.scale)
         return x.reshape(len(images), *self.input_shape)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:

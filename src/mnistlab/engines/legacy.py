@@ -26,7 +26,7 @@ from numpy._core import multiarray as _multiarray
 from mnistlab.errors import ModelFileError, UnsafePickleError
 
 if TYPE_CHECKING:
-    from mnistlab.nn.model import Sequential
+    from mnistlab.engines.numpy import Sequential
 
 __all__ = [
     "ALLOWED_GLOBALS",
@@ -249,8 +249,8 @@ def import_weights(path: str | os.PathLike[str], dtype: str = "float32") -> Sequ
     The model expects pixels scaled to [0, 1] (spec preprocess scale "unit"); on the MNIST test
     set it classifies 9,352 of 10,000 images correctly, in float32 and float64 alike.
     """
+    from mnistlab.engines.numpy import Sequential
     from mnistlab.nn.layers import Dense
-    from mnistlab.nn.model import Sequential
 
     weights = load_legacy_weights(path)
     units = [LEGACY_SHAPES[f"W{i}"][1] for i in (1, 2, 3)]

@@ -33,10 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from mnistlab import plots
 from mnistlab.atomic import atomic_write_text
+from mnistlab.datasets import scale_pixels
 from mnistlab.errors import ModelFileError
-from mnistlab.metrics import (
+from mnistlab.reporting import plots
+from mnistlab.reporting.metrics import (
     Misclassification,
     evaluation_report,
     misclassified,
@@ -227,14 +228,12 @@ def evaluate_model(
 ) -> Evaluation:
     """Run ``model`` on uint8 images (N, 28, 28) and score its answers against ``labels``.
 
-    The images become model input exactly as in recognition (``Recognizer.model_input``:
-    the spec's preprocess scale and input shape). The loss is the model's own when it
+    The images become model input exactly as in recognition (``datasets.scale_pixels``
+    by the spec's preprocess scale, then its input shape). The loss is the model's own when it
     is compiled, else categorical cross-entropy of its outputs (clipped to [1e-7, 1];
     outputs that are not a distribution are first normalized: sigmoid scores divided
     by their sum, anything outside [0, 1] put through softmax).
     """
-    from mnistlab.recognizer import Recognizer
-
     images = np.asarray(images_uint8)
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
         raise ValueError(f"images must be uint8 (N, 28, 28), got {images.dtype} {images.shape}")
@@ -245,7 +244,9 @@ def evaluate_model(
         raise ValueError(f"labels must be integer classes, got {y.dtype}")
     y = y.astype(np.int64)
     check_model_input(model)
-    x = Recognizer(model).model_input(images)
+    spec = model.spec()
+    x = scale_pixels(images, spec["preprocess"].get("scale", "unit"))
+    x = x.reshape(len(images), *spec["input_shape"])
     started = time.perf_counter()
     outputs = np.asarray(model.predict(x, batch_size=batch_size), dtype=np.float64)
     seconds = time.perf_counter() - started

@@ -21,11 +21,10 @@ from typing import Any
 
 from mnistlab import __version__
 from mnistlab.atomic import atomic_write_text
-from mnistlab.callbacks import Checkpoint, Resume
 from mnistlab.datasets import get_dataset, load_data
 from mnistlab.errors import MnistlabError, TrainingDivergedError
-from mnistlab.recipes import Context, get_recipe, resolve_config
-from mnistlab.runs import (
+from mnistlab.experiments.recipes import Context, get_recipe, resolve_config
+from mnistlab.reporting.runs import (
     evaluate_model,
     first_layer_kernel,
     new_run_dir,
@@ -34,6 +33,7 @@ from mnistlab.runs import (
     write_history,
     write_report,
 )
+from mnistlab.training.callbacks import Checkpoint, Resume
 
 CHECKPOINT = "checkpoint.safetensors"
 MODEL = "model.safetensors"

@@ -1,8 +1,9 @@
 """Save and load models: one safetensors file holding the weights, with the model spec
 (JSON, docs/CONTRACTS.md) and a SHA-256 of the weights in its metadata. Never pickle.
 
-Loading checks everything a damaged or edited file could get wrong and raises
-``ModelFileError`` naming the file and the problem.
+Reading checks everything a damaged or edited file could get wrong and raises
+``ModelFileError`` naming the file and the problem. This module knows the file format only;
+``mnistlab.engines.load_model`` builds the model a file describes.
 """
 
 from __future__ import annotations
@@ -20,13 +21,20 @@ from safetensors import SafetensorError
 
 from mnistlab.atomic import atomic_write_bytes
 from mnistlab.errors import ModelFileError
-from mnistlab.nn.model import Sequential, model_from_spec
 
 SPEC_KEY = "mnistlab.spec"
 DIGEST_KEY = "mnistlab.sha256"
 MAX_HEADER = 100 * 1024 * 1024  # the safetensors limit
 
-__all__ = ["DIGEST_KEY", "SPEC_KEY", "load_model", "model_from_spec", "save_model"]
+__all__ = [
+    "DIGEST_KEY",
+    "SPEC_KEY",
+    "check_digest",
+    "check_weights",
+    "read_model_file",
+    "save_model",
+    "weights_digest",
+]
 
 
 def weights_digest(weights: dict[str, np.ndarray]) -> str:
@@ -39,9 +47,14 @@ def weights_digest(weights: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def save_model(model: Sequential, path: str | os.PathLike[str]) -> None:
-    """Write ``model`` (spec + weights) to ``path`` atomically."""
+def save_model(model: Any, path: str | os.PathLike[str]) -> None:
+    """Write ``model`` (either engine's: its ``spec()`` and ``get_weights()``) to ``path``
+    atomically. Refuses non-finite weights: a file never holds a diverged model."""
     weights = model.get_weights()
+    for name, w in weights.items():
+        if not np.isfinite(w).all():
+            raise ModelFileError(f"{path}: not saved, weight {name!r} holds NaN or infinite "
+                                 "values (the model diverged)")
     metadata = {SPEC_KEY: json.dumps(model.spec(), sort_keys=True),
                 DIGEST_KEY: weights_digest(weights)}
     atomic_write_bytes(path, safetensors.numpy.save(weights, metadata=metadata))
@@ -66,8 +79,10 @@ def read_metadata(data: bytes, path: Path) -> dict[str, str]:
     return metadata
 
 
-def load_model(path: str | os.PathLike[str]) -> Sequential:
-    """Read a model saved by ``save_model``; ModelFileError if anything is wrong."""
+def read_model_file(path: str | os.PathLike[str]) -> tuple[dict, dict[str, np.ndarray], str | None]:
+    """(spec, weights, checksum) of a file written by ``save_model``, its header and tensors
+    readable; ModelFileError if not. The weights are checked against the spec by
+    ``check_weights``, then against the checksum by ``check_digest``."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -79,21 +94,22 @@ def load_model(path: str | os.PathLike[str]) -> Sequential:
     except SafetensorError as exc:
         raise ModelFileError(f"{path}: corrupt or truncated tensor data ({exc})") from None
     try:
-        model = model_from_spec(json.loads(metadata[SPEC_KEY]))
-    except (json.JSONDecodeError, ValueError) as exc:
+        spec = json.loads(metadata[SPEC_KEY])
+    except json.JSONDecodeError as exc:
         raise ModelFileError(f"{path}: invalid model spec ({exc})") from None
-    check_weights(tensors, model, path)
-    digest = metadata.get(DIGEST_KEY)
+    return spec, tensors, metadata.get(DIGEST_KEY)
+
+
+def check_digest(tensors: dict[str, np.ndarray], digest: str | None, path: Any) -> None:
+    """The weights against the checksum saved with them (files without one pass)."""
     if digest is not None and digest != weights_digest(tensors):
         raise ModelFileError(f"{path}: weights do not match their checksum; "
                              "the file was modified or damaged after it was saved")
-    model.set_weights(tensors)
-    return model
 
 
-def check_weights(tensors: dict[str, np.ndarray], model: Sequential, path: Any) -> None:
-    """Names, shapes, dtypes and finiteness of ``tensors`` against what ``model`` needs."""
-    expected = model.named_params()
+def check_weights(tensors: dict[str, np.ndarray], expected: dict[str, np.ndarray],
+                  path: Any) -> None:
+    """Names, shapes, dtypes and finiteness of ``tensors`` against the arrays a model needs."""
     missing, extra = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected)
     if missing:
         raise ModelFileError(f"{path}: missing weights {missing}")

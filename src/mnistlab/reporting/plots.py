@@ -88,7 +88,7 @@ def misclassified_grid(
     """The first ``count`` mistakes, each titled "Label: x, Prediction: y" with the
     model's confidence in its answer.
 
-    ``records`` are ``mnistlab.metrics.Misclassification`` (or dicts with ``index``,
+    ``records`` are ``mnistlab.reporting.metrics.Misclassification`` (or dicts with ``index``,
     ``label``, ``prediction`` and optionally ``confidence``); ``index`` points into
     ``images``. With no mistakes the PNG says so instead of being empty.
     """

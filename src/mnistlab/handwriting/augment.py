@@ -1,7 +1,7 @@
 """Data augmentation for MNIST digits: the variety of people's handwriting, made from MNIST.
 
 A model trained on MNIST alone has seen one pen, upright digits and one stroke width; a
-person's digit, after `mnistlab.preprocess`, may be slanted, rotated, drawn with a thick
+person's digit, after `mnistlab.handwriting.preprocess`, may be slanted, rotated, drawn with a thick
 marker or a fine pen. ``augment`` makes such variants of (N, 28, 28) uint8 digits:
 
 1. a random affine map (rotation, scale, aspect, shear, shift) sampled bilinearly onto a
@@ -223,9 +223,10 @@ def _stroke_hi(hi: np.ndarray, widths: np.ndarray) -> np.ndarray:
 
 
 def mnist_normalize(images: np.ndarray, faint_radius: int | None = None) -> np.ndarray:
-    """What `mnistlab.preprocess` does to a clean digit, vectorized: stretch the ink to full
-    white, drop faint ink (under half) farther than ``faint_radius`` px from strong ink
-    (default: preprocess's rule for an image of this size), scale the ink's bounding box so
+    """What `mnistlab.handwriting.preprocess` does to a clean digit, vectorized: stretch the
+    ink to full white, drop faint ink (under half) farther than ``faint_radius`` px from
+    strong ink (default: preprocess's rule for an image of this size), scale the ink's
+    bounding box so
     its longer side is 20 px (Lanczos-3 with Pillow's antialiasing, aspect kept), put the
     center of mass at (14, 14) by a whole-pixel shift. ``images``: (n, H, W) float in
     [0, 1] or uint8, any size; returns (n, 28, 28) uint8.

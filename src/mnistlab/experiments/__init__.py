@@ -1,0 +1,1 @@
+"""Experiments: the classic course runs as named recipes, the fast path, the runner."""

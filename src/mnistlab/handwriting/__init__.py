@@ -1,0 +1,1 @@
+"""Handwriting: any image as an MNIST-like digit, augmentation, recognition, robustness."""

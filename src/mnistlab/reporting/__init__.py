@@ -1,0 +1,1 @@
+"""Reporting: run directories, evaluation metrics, plots and the report."""
