@@ -8,6 +8,10 @@ argument. Shape comments include the batch axis N.
 Layers with an activation (Dense, Conv2D, Activation) split into a linear part
 (``linear_forward``/``linear_backward``) and the activation, so the model can hand
 the logits of the output layer straight to a fused softmax cross-entropy loss.
+
+What runs is the algorithm you read here, except where a layer says in one line that a
+speed kernel of ``nn/kernels.py`` takes a case over (the same result, faster); setting
+``Layer.use_kernels = False`` runs the plain algorithm everywhere.
 """
 
 from __future__ import annotations
@@ -18,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from mnistlab.nn import kernels
 from mnistlab.nn.activations import ActivationFunction, get_activation
 from mnistlab.nn.initializers import check_initializer, initialize
 
 Shape = tuple[int, ...]
-SMALL_MATRIX = 1 << 16  # elements; see Dense.linear_backward
 
 
 class Layer:
@@ -32,6 +36,9 @@ class Layer:
     # The model sets this False on its first layer with parameters: nothing needs dL/dx
     # there, so backward skips that product (as autograd does) and returns None.
     needs_input_grad = True
+    # Where a speed kernel (nn/kernels.py) covers a case, a layer runs it instead of the
+    # plain algorithm; False runs the plain one everywhere (tests/test_kernels.py).
+    use_kernels = True
 
     def __init__(self, input_shape: Shape | None = None) -> None:
         self.params: dict[str, np.ndarray] = {}
@@ -46,9 +53,11 @@ class Layer:
         return self.output_shape
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """y for a batch x, caching on ``self`` what ``backward`` needs."""
         raise NotImplementedError
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        """dL/dx from dL/dy (of the last ``forward``); writes ``self.grads``."""
         raise NotImplementedError
 
     def get_config(self) -> dict:
@@ -120,13 +129,11 @@ class Dense(Layer):
         np.sum(dz, axis=0, out=self.grads["b"])  # db = sum_n dz: (units,)
         if not self.needs_input_grad:
             return None
-        w_t = self.params["W"].T  # (units, in), a transposed view
-        if w_t.size <= SMALL_MATRIX:
-            # OpenBLAS splits dz @ (view of a small W.T) over its threads and waits longer
-            # for them than the work takes (100x10 @ 10x1000: 0.07-0.4 ms); a contiguous
-            # copy of W.T takes microseconds and the product then 0.03 ms.
-            w_t = np.ascontiguousarray(w_t)
-        return dz @ w_t  # dx: (N, in)
+        w = self.params["W"]
+        if self.use_kernels and w.size <= kernels.SMALL_MATRIX:
+            # kernels.small_matmul_t: the same dz @ W.T, but OpenBLAS idles on a small W.T view
+            return kernels.small_matmul_t(dz, w)
+        return dz @ w.T  # dx = dz W^T: (N, in)
 
     def get_config(self) -> dict:
         return {"type": "Dense", "units": self.units, "activation": self.activation.name,
@@ -280,11 +287,9 @@ class Conv2D(Layer):
 class MaxPooling2D(Layer):
     """Max over pool_size windows: x (N, C, H, W) -> y (N, C, OH, OW).
 
-    Backward sends each dy to the first pixel holding its window's max (in row-major
-    order: argmax's tie rule, as PyTorch). Windows that tile the image (strides equal to
-    pool_size, the usual 2x2 stride 2) are reduced in two passes, across the columns of
-    each window row and then across its rows; overlapping windows take a running max over
-    the ph*pw window offsets.
+    Forward takes a running max over the ph*pw window offsets (one strided view each);
+    backward sends each dy to the first offset holding that max (in row-major order:
+    argmax's tie rule, as PyTorch), adding where windows overlap.
     """
 
     def __init__(
@@ -306,14 +311,17 @@ class MaxPooling2D(Layer):
         oh, top, bottom = output_size(h, self.pool_size[0], self.strides[0], self.padding)
         ow, left, right = output_size(w, self.pool_size[1], self.strides[1], self.padding)
         self.pads, self.out_hw = (top, bottom, left, right), (oh, ow)
-        self.tiled = self.strides == self.pool_size
+        self.tiled = self.strides == self.pool_size  # windows tile the image, e.g. 2x2 stride 2
         self.input_shape, self.output_shape = tuple(input_shape), (c, oh, ow)
         return self.output_shape
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self.xp = pad2d(x, self.pads, value=-np.inf)  # padding never wins the max
-        if self.tiled:
-            return self._tiled_forward()
+        self.via_kernel = self.use_kernels and self.tiled  # backward takes the same path
+        if self.via_kernel:  # kernels.maxpool_tiled_forward: the same max, faster, cols then rows
+            self.y, self.row_max = kernels.maxpool_tiled_forward(self.xp, self.pool_size,
+                                                                 self.out_hw)
+            return self.y
         windows = [self.xp[window_slices(i, j, self.strides, self.out_hw)]
                    for i, j in self.offsets()]
         self.y = windows[0].copy()  # (N, C, OH, OW): running max over the window offsets
@@ -322,8 +330,9 @@ class MaxPooling2D(Layer):
         return self.y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        if self.tiled:
-            dxp = self._tiled_backward(dy)
+        if self.via_kernel:  # kernels.maxpool_tiled_backward: the same dx without mask or zeros
+            dxp = kernels.maxpool_tiled_backward(dy, self.xp, self.y, self.row_max,
+                                                 self.pool_size)
         else:
             dxp = np.zeros(self.xp.shape, dtype=dy.dtype)
             unclaimed = np.ones(dy.shape, dtype=bool)  # windows whose max is not found yet
@@ -338,48 +347,8 @@ class MaxPooling2D(Layer):
         return dxp[:, :, top : top + h, left : left + w]
 
     def offsets(self) -> list[tuple[int, int]]:
+        """The ph*pw window offsets (i, j), in row-major order."""
         return [(i, j) for i in range(self.pool_size[0]) for j in range(self.pool_size[1])]
-
-    def _tiled_forward(self) -> np.ndarray:
-        """Max across each window row (a: N, C, OH*ph, OW), then across its rows (y)."""
-        (ph, pw), (oh, ow) = self.pool_size, self.out_hw
-        tiles = self.xp[:, :, : oh * ph, : ow * pw]  # "valid" drops what no window covers
-        self.row_max = tiles[..., 0::pw].copy()
-        for j in range(1, pw):
-            np.maximum(self.row_max, tiles[..., j::pw], out=self.row_max)
-        self.y = self.row_max[:, :, 0::ph].copy()
-        for i in range(1, ph):
-            np.maximum(self.y, self.row_max[:, :, i::ph], out=self.y)
-        return self.y
-
-    def _tiled_backward(self, dy: np.ndarray) -> np.ndarray:
-        """Route dy to the first row holding the max, then to the first column of that row.
-
-        ``remaining`` is the gradient no earlier row (column) has claimed: an earlier one
-        that holds the max takes all of it, so the later ones get exactly zero."""
-        (ph, pw), (oh, ow) = self.pool_size, self.out_hw
-        d_rows = np.empty(self.row_max.shape, dtype=dy.dtype)  # dL/d row_max
-        self._claim_in_order(dy, self.y, [self.row_max[:, :, i::ph] for i in range(ph)],
-                             [d_rows[:, :, i::ph] for i in range(ph)])
-        covered = oh * ph == self.xp.shape[2] and ow * pw == self.xp.shape[3]
-        dxp = (np.empty if covered else np.zeros)(self.xp.shape, dtype=dy.dtype)
-        tiles, d_tiles = self.xp[:, :, : oh * ph, : ow * pw], dxp[:, :, : oh * ph, : ow * pw]
-        self._claim_in_order(d_rows, self.row_max, [tiles[..., j::pw] for j in range(pw)],
-                             [d_tiles[..., j::pw] for j in range(pw)])
-        return dxp
-
-    @staticmethod
-    def _claim_in_order(grad: np.ndarray, best: np.ndarray, candidates: list[np.ndarray],
-                        outs: list[np.ndarray]) -> None:
-        """outs[k] = the part of ``grad`` that candidates[k] takes: all of it if it equals
-        ``best`` and no earlier candidate did; the last takes whatever is left."""
-        remaining, last = grad, len(candidates) - 1
-        if last == 0:
-            np.copyto(outs[0], grad)
-        for k in range(last):
-            np.multiply(remaining, candidates[k] == best, out=outs[k])
-            # exactly 0 where outs[k] took it all, else unchanged; the last one is outs[-1]
-            remaining = np.subtract(remaining, outs[k], out=outs[last] if k == last - 1 else None)
 
     def get_config(self) -> dict:
         return {"type": "MaxPooling2D", "pool_size": list(self.pool_size),
