@@ -1,9 +1,10 @@
 """Speed kernels, kept apart from the plain layers of ``nn/layers.py``.
 
-Each function here computes what a layer's plain NumPy algorithm computes, only with
-fewer passes over memory or around a BLAS quirk, for the cases it covers. The layer that
-calls one says so in one line; ``Layer.use_kernels = False`` runs the plain algorithm
-instead, and ``tests/test_kernels.py`` checks each kernel equal to its plain path.
+Each function here computes what a layer's plain NumPy algorithm computes, only faster
+in the cases it covers: the same operations in another order, or a way around a BLAS
+quirk. The layer that calls one says so in one line; ``Layer.use_kernels = False``
+runs the plain algorithm instead, and ``tests/test_kernels.py`` checks each kernel equal
+to its plain path.
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ def maxpool_tiled_backward(
     row holding the row's max: row-major first, argmax's tie rule, as the plain path. It
     writes every pixel once, so it needs neither a zero-filled buffer (where the windows
     cover ``xp``) nor a mask of the windows not yet claimed.
+
+    For finite dy the values equal the plain path's, but a pixel that takes no gradient
+    holds -0.0 where its dy is negative (dy * 0 here, 0 + dy * 0 there). A window holding
+    a NaN has y = NaN on both paths; the plain path sends its dy nowhere, this one to a
+    pixel of the window's last row (the last candidate takes what is left).
     """
     (ph, pw), (oh, ow) = pool_size, y.shape[2:]
     d_rows = np.empty(row_max.shape, dtype=dy.dtype)  # dL/d row_max
