@@ -57,8 +57,10 @@ def test_dense_computes_activation_of_x_W_plus_b() -> None:
     assert layer.params["W"].shape == (4, 3) and layer.params["b"].shape == (3,)
 
 
-def test_dense_backward_gives_textbook_gradients() -> None:
+@pytest.mark.parametrize("use_kernels", [True, False])
+def test_dense_backward_gives_textbook_gradients(use_kernels) -> None:
     layer = built(Dense(3), (4,))
+    layer.use_kernels = use_kernels  # a small W: dx by kernels.small_matmul_t, or plainly
     rng = np.random.default_rng(2)
     x, dy = rng.standard_normal((5, 4)), rng.standard_normal((5, 3))
     layer.forward(x)
@@ -171,9 +173,11 @@ def test_maxpool_takes_the_max_of_each_window() -> None:
     np.testing.assert_array_equal(layer.forward(x)[0, 0], [[5, 7], [13, 15]])
 
 
-def test_maxpool_backward_routes_gradient_to_the_first_maximum_only() -> None:
+@pytest.mark.parametrize("use_kernels", [True, False])
+def test_maxpool_backward_routes_gradient_to_the_first_maximum_only(use_kernels) -> None:
     x = np.array([[[[1.0, 3.0], [3.0, 0.0]]]])  # a tie between two 3s
     layer = built(MaxPooling2D(2), (1, 2, 2))
+    layer.use_kernels = use_kernels  # the tiled kernel, or the plain running max
     layer.forward(x)
     np.testing.assert_array_equal(layer.backward(np.array([[[[5.0]]]]))[0, 0],
                                   [[0.0, 5.0], [0.0, 0.0]])
@@ -201,10 +205,13 @@ def reference_maxpool(x: np.ndarray, dy: np.ndarray, pool: tuple[int, int],
     (3, None, "valid", (7, 8)), ((2, 3), None, "same", (5, 7)), ((1, 2), None, "valid", (4, 4)),
     (3, 2, "valid", (7, 7)), (2, 1, "same", (5, 6)),
 ])
-def test_maxpool_matches_a_loop_over_windows_ties_included(pool, strides, padding, hw) -> None:
+@pytest.mark.parametrize("use_kernels", [True, False])  # tiling pools: both paths
+def test_maxpool_matches_a_loop_over_windows_ties_included(pool, strides, padding, hw,
+                                                           use_kernels) -> None:
     rng = np.random.default_rng(7)
     x = rng.integers(0, 3, (2, 3, *hw)).astype(np.float64)  # few values: many ties
     layer = built(MaxPooling2D(pool, strides=strides, padding=padding), (3, *hw))
+    layer.use_kernels = use_kernels
     y = layer.forward(x)
     dy = rng.standard_normal(y.shape)
     expected_y, expected_dx = reference_maxpool(x, dy, layer.pool_size, layer.strides,
