@@ -75,7 +75,7 @@ def test_the_one_layer_experiment_stops_past_80_percent_and_reports_the_epoch(tm
 def test_overrides_are_parsed_to_the_defaults_type():
     config = resolve_config(get_recipe("keras-mlp"), {"epochs": "3", "lr": "0.01"})
     assert config["epochs"] == 3 and config["lr"] == 0.01
-    with pytest.raises(MnistlabError, match="expected int"):
+    with pytest.raises(MnistlabError, match="--set epochs: expected an integer from 1"):
         resolve_config(get_recipe("keras-mlp"), {"epochs": "three"})
     with pytest.raises(MnistlabError, match="no setting 'momentum'"):
         resolve_config(get_recipe("keras-mlp"), {"momentum": "0.9"})

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from mnistlab import __version__
 from mnistlab.errors import MnistlabError
@@ -20,9 +21,21 @@ COMMAND_MODULES = [
 ]
 
 
+class UsageError(MnistlabError):
+    """The command line itself is wrong (an unknown option, a bad value for one)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line ``mnistlab: error: ...`` and exit status 1,
+    as every other refused input is (the subcommand parsers are made of this class too)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every command group registered."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mnistlab",
         description="MNIST-style handwritten digit recognition: data, training, recipes, serving.",
     )
@@ -36,18 +49,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "func"):
-        parser.print_help()
-        return 2
     try:
+        args = parser.parse_args(argv)
+        if not hasattr(args, "func"):
+            parser.print_help()
+            return 2
         return int(args.func(args) or 0)
-    except MnistlabError as error:
-        print(f"mnistlab: error: {error}", file=sys.stderr)
+    except MnistlabError as error:  # refused input: one line; anything else is a bug
+        print(f"mnistlab: error: {one_line(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("mnistlab: interrupted", file=sys.stderr)
         return 130
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line (a message never needs a second one here)."""
+    return " ".join(part.strip() for part in str(error).splitlines() if part.strip())
 
 
 if __name__ == "__main__":

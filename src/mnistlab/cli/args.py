@@ -1,16 +1,64 @@
-"""Argument types shared by the CLI's commands."""
+"""Argument types shared by the CLI's commands.
+
+Each type refuses a bad value with ``argparse.ArgumentTypeError``; argparse prefixes the
+option (``argument --batch-size: ...``) and the CLI's parser turns that into its one line
+``mnistlab: error: ...`` (exit status 1), never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
+from collections.abc import Callable
+
+DEVICES = "cpu, cuda, cuda:N, auto"
+MAX_SEED = 2**32 - 1  # the seeds NumPy and torch both take
+
+
+def _whole_number(text: str, expected: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
 
 
 def positive_int(text: str) -> int:
     """argparse type: a whole number of at least 1 (else argparse's usage error, no traceback)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = _whole_number(text, "a positive integer")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def int_range(low: int, high: int, what: str | None = None) -> Callable[[str], int]:
+    """argparse type: a whole number from ``low`` to ``high``; ``what`` names the values."""
+    expected = what or f"an integer from {low:,} to {high:,}"
+
+    def parse(text: str) -> int:
+        value = _whole_number(text, expected)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+
+    parse.__name__ = "int_range"  # argparse names the type in some messages
+    return parse
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: 0, 1, 2, ..."""
+    value = _whole_number(text, "a non-negative integer")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+seed = int_range(0, MAX_SEED, f"an integer from 0 to {MAX_SEED}")
+port = int_range(1, 65535, "a port number from 1 to 65535")
+
+
+def device(text: str) -> str:
+    """argparse type: a torch device name, "cpu", "cuda", "cuda:N" or "auto"."""
+    name = text.strip().lower()
+    if not re.fullmatch(r"cpu|auto|cuda(:[0-9]+)?", name):
+        raise argparse.ArgumentTypeError(f"expected one of: {DEVICES}; got {text!r}")
+    return name

@@ -76,6 +76,25 @@ FAST_DEFAULTS: dict[str, Any] = {
     "seed": 0,
 }
 
+MAX_CROP = 8  # 28 - 2 * 8 = 12 pixels: the smallest input the two convolutions and pool take
+
+# The valid values of the fast recipe's own settings, in words and as a test of the value
+# (already parsed to its default's type); `resolve_config` in recipes.py applies them to the
+# overrides and names the option in its error. epochs, batch_size, lr, seed: the common checks.
+FAST_CHECKS: dict[str, tuple[str, Any]] = {
+    "beta_1": ("a number from 0 to 1 (1 excluded)", lambda v: 0.0 <= v < 1.0),
+    "beta_2": ("a number from 0 to 1 (1 excluded)", lambda v: 0.0 <= v < 1.0),
+    "schedule": (f"one of: {', '.join(SCHEDULES)}", lambda v: v in SCHEDULES),
+    "warmup": ("a fraction from 0 to 1 (1 excluded)", lambda v: 0.0 <= v < 1.0),
+    "label_smoothing": ("a number from 0 to 1 (1 excluded)", lambda v: 0.0 <= v < 1.0),
+    "crop": (f"an integer from 0 to {MAX_CROP}", lambda v: 0 <= v <= MAX_CROP),
+    "conv1": ("an integer from 1 to 1024", lambda v: 1 <= v <= 1024),
+    "conv2": ("an integer from 1 to 1024", lambda v: 1 <= v <= 1024),
+    "dense": ("an integer from 1 to 65536", lambda v: 1 <= v <= 65536),
+    "precision": (f"one of: {', '.join(PRECISIONS)}", lambda v: v in PRECISIONS),
+    "threads": ("an integer from 0 (torch's default) to 1024", lambda v: 0 <= v <= 1024),
+}
+
 
 # --------------------------------------------------------------------------- the schedule
 

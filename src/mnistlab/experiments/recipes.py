@@ -9,6 +9,7 @@ overridden (``mnistlab train --recipe NAME --set lr=0.05``).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,8 +21,9 @@ import numpy as np
 from mnistlab.datasets import PIXEL_SCALES, load_data, one_hot, scale_pixels, scale_to_unit
 from mnistlab.engines.numpy import Sequential
 from mnistlab.errors import MnistlabError
-from mnistlab.experiments.fast import FAST_DEFAULTS, fast
+from mnistlab.experiments.fast import FAST_CHECKS, FAST_DEFAULTS, fast
 from mnistlab.nn import SGD, Adam, Conv2D, Dense, Dropout, Flatten, MaxPooling2D
+from mnistlab.nn.losses import LOSSES
 from mnistlab.training.callbacks import StopAtAccuracy
 
 Split = tuple[np.ndarray, np.ndarray]
@@ -353,33 +355,99 @@ def get_recipe(name: str) -> Recipe:
         ) from None
 
 
-def resolve_config(recipe: Recipe, overrides: dict[str, str]) -> dict[str, Any]:
+MAX_SEED = 2**32 - 1  # the seeds NumPy and torch both take
+COUNT = "a positive integer"
+
+# The valid values of each setting, in words and as a test of the value (already parsed to
+# its default's type); the fast recipe's own settings are checked by fast.FAST_CHECKS.
+SETTING_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "epochs": ("an integer from 1 to 1000000", lambda v: 1 <= v <= 1_000_000),
+    "batch_size": (COUNT, lambda v: v >= 1),
+    "lr": ("a positive finite number", lambda v: 0.0 < v < math.inf),
+    "seed": (f"an integer from 0 to {MAX_SEED}", lambda v: 0 <= v <= MAX_SEED),
+    "limit": (f"{COUNT} (the first N training images)", lambda v: v >= 1),
+    "test_limit": (f"{COUNT} (the first N test images)", lambda v: v >= 1),
+    "weights": ("a file path", lambda v: v != ""),
+    "loss": (f"one of: {', '.join(LOSSES)}", lambda v: v in LOSSES),
+    "stop_at_accuracy": ("a fraction above 0, at most 1", lambda v: 0.0 < v <= 1.0),
+    "pixels": (f"one of: {', '.join(PIXEL_SCALES)}", lambda v: v in PIXEL_SCALES),
+    "method": ("one of: fast, naive", lambda v: v in ("fast", "naive")),
+    "log_every": (COUNT, lambda v: v >= 1),
+    "decay": ("a factor above 0, at most 1", lambda v: 0.0 < v <= 1.0),
+    "filters": ("an integer from 1 to 1024", lambda v: 1 <= v <= 1024),
+    "dropout": ("a fraction from 0 to 1 (1 excluded)", lambda v: 0.0 <= v < 1.0),
+    "copies": ("an integer from 0 to 20", lambda v: 0 <= v <= 20),
+    "rotation": ("degrees from 0 to 180", lambda v: 0.0 <= v <= 180.0),
+    "shear": ("a number from 0 to 1", lambda v: 0.0 <= v <= 1.0),
+    "thinner": ("pixels from -1 to 2, at most thicker", lambda v: -1.0 <= v <= 2.0),
+    "thicker": ("pixels from -1 to 2, at least thinner", lambda v: -1.0 <= v <= 2.0),
+    **FAST_CHECKS,
+}
+EXTRA_SETTINGS = ("limit", "test_limit")  # every recipe takes these (default: all images)
+
+
+def resolve_config(
+    recipe: Recipe, overrides: dict[str, str], *, options: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The recipe's defaults with ``overrides`` (strings from the command line) applied, each
-    parsed to the type of the default it replaces."""
+    parsed to the type of the default it replaces and checked against ``SETTING_CHECKS``.
+
+    A bad override raises MnistlabError naming the option the user gave and the valid values;
+    ``options`` maps a setting to that option (``{"batch_size": "--batch-size"}``), by default
+    ``--set KEY``."""
     config = dict(recipe.defaults)
     for key, text in overrides.items():
-        if key in ("limit", "test_limit"):
-            config[key] = _parse(key, text, 0)
-        elif key in config:
-            config[key] = _parse(key, text, config[key])
-        else:
-            known = ", ".join([*config, "limit", "test_limit"])
-            raise MnistlabError(f"recipe {recipe.name} has no setting {key!r}; settings: {known}")
+        option = (options or {}).get(key, f"--set {key}")
+        if key not in config and key not in EXTRA_SETTINGS:
+            known = ", ".join([*config, *EXTRA_SETTINGS])
+            raise MnistlabError(
+                f"{option}: recipe {recipe.name} has no setting {key!r}; its settings: {known}"
+            )
+        config[key] = _parse(option, key, text, config.get(key))
+    if "thinner" in config and "thicker" in config and config["thinner"] > config["thicker"]:
+        key = "thinner" if "thinner" in overrides else "thicker"
+        option = (options or {}).get(key, f"--set {key}")
+        raise MnistlabError(
+            f"{option}: thinner ({config['thinner']}) must be at most thicker "
+            f"({config['thicker']}): pixels from -1 to 2"
+        )
     return config
 
 
-def _parse(key: str, text: str, default: Any) -> Any:
+def _parse(option: str, key: str, text: Any, default: Any) -> Any:
+    """``text`` as the type of ``default`` (None: an int), checked; MnistlabError naming
+    ``option`` and the valid values."""
+    text = str(text).strip()
+    shown = "all" if default is None else repr(default)
+    default = 0 if default is None else default
+    expected, check = SETTING_CHECKS.get(key, (_type_name(default), lambda v: True))
     try:
         if isinstance(default, bool):
             if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError(text)
-            return text.lower() in ("true", "1", "yes")
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, float):
-            return float(text)
+            value: Any = text.lower() in ("true", "1", "yes")
+        elif isinstance(default, int):
+            value = int(text)
+        elif isinstance(default, float):
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError(text)
+        else:
+            value = text
+        if not check(value):
+            raise ValueError(text)
     except ValueError:
         raise MnistlabError(
-            f"setting {key}={text!r}: expected {type(default).__name__}, like {default!r}"
+            f"{option}: expected {expected}, got {text or 'nothing'} (default: {shown})"
         ) from None
-    return text
+    return value
+
+
+def _type_name(default: Any) -> str:
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float):
+        return "a finite number"
+    return "a value"
