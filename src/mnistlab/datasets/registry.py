@@ -1,12 +1,16 @@
 """The datasets mnistlab knows: official file names, content checksums, and public mirrors.
 
 Checksums are MD5s of the *decompressed* IDX content: mirrors (and Debian) recompress the
-files, so only the content identifies them.
+files, so only the content identifies them. Each file's decompressed size follows from its
+count (uint8 data, 28x28 images), so no download may inflate beyond it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+IMAGE_SHAPE = (28, 28)
 
 
 @dataclass(frozen=True)
@@ -17,6 +21,16 @@ class DataFile:
     md5: str
     kind: str  # "images" or "labels"
     count: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The decoded array's shape: ``(count, 28, 28)`` images or ``(count,)`` labels."""
+        return (self.count, *IMAGE_SHAPE) if self.kind == "images" else (self.count,)
+
+    @property
+    def size(self) -> int:
+        """Bytes of the decompressed IDX file: header (4 + 4 per dimension) and uint8 data."""
+        return 4 + 4 * len(self.shape) + math.prod(self.shape)
 
 
 @dataclass(frozen=True)

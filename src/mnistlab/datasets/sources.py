@@ -4,6 +4,14 @@ Download discipline (as pooch does it): stream into a temp file inside the cache
 verify the checksum of the decompressed content, then rename into place. A file lock makes
 two processes fetching at once take turns, so nothing is written twice or half-written.
 
+Bounded memory: a download may not exceed what the official file can compress to, and
+verification streams the content through MD5 and stops at the official decompressed size
+(the registry knows it), so a decompression bomb costs at most that much memory.
+
+Leftovers: a temp file is named ``.<file>.<pid>.<random>.part``. A process killed mid-download
+leaves one behind; the next fetch, holding the lock, removes those whose process is gone
+(and, from older versions without a pid in the name, those older than ten minutes).
+
 Configuration by environment:
 - ``MNISTLAB_HOME``: cache directory (default ``~/.cache/mnistlab``).
 - ``MNISTLAB_MIRRORS``: comma-separated base URLs tried before the built-in mirrors; a file is
@@ -17,10 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -28,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mnistlab.atomic import atomic_write_text, default_file_mode
-from mnistlab.datasets.idx import decompress
+from mnistlab.datasets.idx import InputStream
 from mnistlab.datasets.registry import DataFile, Dataset, get_dataset
 from mnistlab.errors import ChecksumError, DataFormatError, DatasetNotFoundError
 
@@ -40,6 +50,9 @@ except ImportError:  # pragma: no cover - Windows
 DEFAULT_SYSTEM_DIRS = ("/usr/share/datasets",)
 DOWNLOAD_TIMEOUT_S = 60
 CHUNK_BYTES = 1 << 20
+LOCK_NAME = ".fetch.lock"
+STALE_LEGACY_S = 600  # a .part without a pid in its name, untouched this long, is abandoned
+STALE_LIVE_PID_S = 24 * 3600  # even with a live pid (reused?) a day-old .part is abandoned
 
 
 @dataclass(frozen=True)
@@ -48,7 +61,7 @@ class VerifiedFile:
 
     path: Path
     origin: str  # "cache", a system directory path, or the URL it was downloaded from
-    content: bytes  # decompressed IDX bytes
+    content: bytes | bytearray  # decompressed IDX bytes
 
 
 def cache_home() -> Path:
@@ -79,16 +92,51 @@ def system_dirs() -> list[Path]:
     return [Path(entry) for entry in entries if entry]
 
 
-def verify_content(raw: bytes, spec: DataFile, source: str) -> bytes:
-    """Decompress ``raw`` and check its MD5 against the registry; return the content."""
-    content = decompress(raw, source)
-    digest = hashlib.md5(content, usedforsecurity=False).hexdigest()
-    if digest != spec.md5:
+def max_download_bytes(spec: DataFile) -> int:
+    """The most a mirror may send for ``spec``: its raw size plus deflate's worst-case growth."""
+    return spec.size + spec.size // 64 + (1 << 16)
+
+
+def verify_stream(stream: InputStream, spec: DataFile) -> bytearray:
+    """Stream the content through MD5, never past the official size; return it if it matches."""
+    content = bytearray(spec.size)
+    view = memoryview(content)
+    digest = hashlib.md5(usedforsecurity=False)
+    filled = 0
+    while filled < spec.size:
+        got = stream.readinto(view[filled : filled + CHUNK_BYTES])
+        if not got:
+            break
+        digest.update(view[filled : filled + got])
+        filled += got
+    source = stream.source
+    if filled < spec.size:
         raise ChecksumError(
-            f"{source}: checksum mismatch: decompressed content has MD5 {digest}, "
+            f"{source}: byte {filled:,}: content ends there, the official {spec.filename} has "
+            f"{spec.size:,} bytes (truncated or a different file)"
+        )
+    if not stream.at_end():
+        raise ChecksumError(
+            f"{source}: byte {spec.size:,}: content goes on past the official {spec.size:,} "
+            f"bytes of {spec.filename} (a different file or a decompression bomb); stopped there"
+        )
+    if digest.hexdigest() != spec.md5:
+        raise ChecksumError(
+            f"{source}: checksum mismatch: decompressed content has MD5 {digest.hexdigest()}, "
             f"expected {spec.md5} (corrupt, truncated or a different file)"
         )
     return content
+
+
+def verify_file(path: str | os.PathLike[str], spec: DataFile, source: str) -> bytearray:
+    """Decompress the file at ``path`` (streaming) and check it against the registry."""
+    with InputStream.open(path, source, max_bytes=spec.size) as stream:
+        return verify_stream(stream, spec)
+
+
+def verify_content(raw: bytes, spec: DataFile, source: str) -> bytearray:
+    """Decompress ``raw`` and check its size and MD5 against the registry; return the content."""
+    return verify_stream(InputStream(io.BytesIO(raw), source, max_bytes=spec.size), spec)
 
 
 def fetch(dataset_name: str, key: str, *, progress: bool | None = None) -> VerifiedFile:
@@ -102,7 +150,8 @@ def fetch(dataset_name: str, key: str, *, progress: bool | None = None) -> Verif
         return found
     cache_dir = dataset_cache_dir(dataset.name)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _file_lock(cache_dir / ".fetch.lock"):
+    with _file_lock(cache_dir / LOCK_NAME):
+        remove_stale_parts(cache_dir)
         # Another process may have fetched the file while we waited for the lock.
         found = _from_cache(dataset, spec, attempts)
         if found:
@@ -139,7 +188,7 @@ def _from_cache(dataset: Dataset, spec: DataFile, attempts: list[str]) -> Verifi
     if not path.exists():
         return None
     try:
-        content = verify_content(path.read_bytes(), spec, str(path))
+        content = verify_file(path, spec, str(path))
     except (OSError, DataFormatError) as error:
         # A damaged cache entry is removed so that the next source can replace it.
         attempts.append(f"{path}: {_describe(error)} (removed)")
@@ -155,7 +204,7 @@ def _from_system_dirs(dataset: Dataset, spec: DataFile, attempts: list[str]) -> 
         if not path.exists():
             continue
         try:
-            return VerifiedFile(path, str(path), verify_content(path.read_bytes(), spec, str(path)))
+            return VerifiedFile(path, str(path), verify_file(path, spec, str(path)))
         except (OSError, DataFormatError) as error:
             attempts.append(f"{path}: {_describe(error)}")
     return None
@@ -166,7 +215,9 @@ def _download(
 ) -> VerifiedFile:
     """Stream ``url`` into a temp file in the cache, verify it, and move it into place."""
     target = cache_dir / spec.filename
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=cache_dir)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{spec.filename}.{os.getpid()}.", suffix=".part", dir=cache_dir
+    )
     try:
         os.fchmod(fd, default_file_mode())
         with (
@@ -174,12 +225,22 @@ def _download(
             urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response,
         ):
             total = int(response.headers.get("Content-Length") or 0) or None
+            limit = max_download_bytes(spec)
+            if total is not None and total > limit:
+                raise DataFormatError(
+                    f"{url}: {total:,} bytes offered, more than {spec.filename} can take "
+                    f"({limit:,}); not downloaded"
+                )
             _copy_with_progress(
-                response, handle, total, f"{dataset.name}/{spec.filename}", progress
+                _Capped(response, limit, url),
+                handle,
+                total,
+                f"{dataset.name}/{spec.filename}",
+                progress,
             )
             handle.flush()
             os.fsync(handle.fileno())
-        content = verify_content(Path(tmp_name).read_bytes(), spec, url)
+        content = verify_file(tmp_name, spec, url)
         os.replace(tmp_name, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -207,6 +268,67 @@ def _copy_with_progress(
         while chunk := source.read(CHUNK_BYTES):
             handle.write(chunk)
             bar.advance(task, len(chunk))
+
+
+class _Capped:
+    """A response that refuses to deliver more than ``limit`` bytes."""
+
+    def __init__(self, response, limit: int, url: str):
+        self._response, self._left, self._limit, self._url = response, limit, limit, url
+
+    def read(self, size: int) -> bytes:
+        chunk = self._response.read(min(size, self._left + 1))
+        self._left -= len(chunk)
+        if self._left < 0:
+            raise DataFormatError(
+                f"{self._url}: more than {self._limit:,} bytes sent, more than the file can "
+                "take; stopped there"
+            )
+        return chunk
+
+
+def remove_stale_parts(cache_dir: Path, now: float | None = None) -> list[Path]:
+    """Remove ``.part`` files that no live download owns; call with the fetch lock held.
+
+    Only a process holding the lock writes ``.part`` files, so with it held none is being
+    written by mnistlab on this machine; the pid in the name still guards a cache shared
+    with another machine or an unlocking tool: a live pid's file is kept for a day.
+    """
+    now = time.time() if now is None else now
+    removed = []
+    for path in cache_dir.glob(".*.part"):
+        try:
+            age = now - path.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        pid = _part_pid(path.name)
+        if pid is None:
+            stale = age > STALE_LEGACY_S
+        else:
+            stale = not _pid_alive(pid) or pid == os.getpid() or age > STALE_LIVE_PID_S
+        if stale:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def _part_pid(name: str) -> int | None:
+    """The pid in ``.<file>.<pid>.<random>.part``, or None for another name."""
+    parts = name[1 : -len(".part")].rsplit(".", 2)
+    if len(parts) == 3 and parts[1].isdigit():
+        return int(parts[1])
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 @contextlib.contextmanager
