@@ -396,15 +396,17 @@ def model_from_spec(spec: dict, seed: int | None = 0) -> Sequential:
     return model
 
 
-def load_model(path: Any) -> Sequential:
+def load_model(path: Any, *, allow_unverified: bool = False) -> Sequential:
     """The NumPy model a file written by either engine describes; ModelFileError if anything
-    in it is wrong."""
+    in it is wrong. ``read_model_file`` checks the spec (``engines.spec.validate_spec``) and
+    every tensor's header entry against it before reading tensor data; the weights must
+    match their checksum, and a file without one loads only with ``allow_unverified=True``."""
     spec, tensors, digest = read_model_file(path)
+    check_digest(tensors, digest, path, allow_unverified=allow_unverified)
     try:
         model = model_from_spec(spec)
     except (ValueError, TypeError) as exc:
         raise ModelFileError(f"{path}: invalid model spec ({exc})") from None
     check_weights(tensors, model.named_params(), path)
-    check_digest(tensors, digest, path)
     model.set_weights(tensors)
     return model

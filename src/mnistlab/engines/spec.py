@@ -1,0 +1,304 @@
+"""The model spec's schema (docs/CONTRACTS.md), checked before anything is built or read.
+
+A model file is untrusted input: its spec decides how much memory building the model takes
+and which code paths run. ``validate_spec`` checks every key, type and number against a
+strict schema with bounds, and ``expected_shapes`` computes every weight's shape from the
+spec by arithmetic alone (nothing allocated), so a file can be refused before its tensors
+are read or the model is built. ``loads_bounded`` parses JSON with its nesting depth
+checked first, so that a deeply nested document is refused instead of recursing.
+
+Bounds (far above any MNIST model, far below what would exhaust a machine):
+
+- ``MAX_UNITS`` Dense units and Conv2D filters, ``MAX_WINDOW`` kernel, pool and stride
+  sizes, ``MAX_LAYERS`` layers, ``MAX_INPUT_DIM`` per input axis and ``MAX_INPUT_VALUES``
+  in all;
+- ``MAX_PARAMS`` weights in the whole model (2**26: 256 MiB as float32, 512 MiB as float64);
+- ``MAX_ACTIVATIONS`` values per sample in any layer's output;
+- ``MAX_JSON_DEPTH`` nesting levels in any JSON read from a model file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from mnistlab.errors import ModelFileError
+
+SPEC_FORMAT, SPEC_VERSION = "mnistlab.model", 1
+DTYPES = ("float32", "float64")
+PIXEL_SCALES = ("unit", "raw", "0.01-1")  # as datasets.PIXEL_SCALES (not imported: no cycle)
+ACTIVATION_NAMES = ("linear", "sigmoid", "relu", "tanh", "softmax")  # nn.activations
+INITIALIZER_NAMES = ("glorot_uniform", "he_normal", "xavier", "uniform", "normal", "zeros")
+PADDINGS = ("valid", "same")
+
+MAX_UNITS = 65536
+MAX_WINDOW = 64
+MAX_LAYERS = 256
+MAX_INPUT_DIM = 4096
+MAX_INPUT_VALUES = 1 << 20
+MAX_CROP = MAX_INPUT_DIM
+MAX_PARAMS = 1 << 26
+MAX_ACTIVATIONS = 1 << 24
+MAX_JSON_DEPTH = 16
+MAX_SEED = (1 << 64) - 1
+
+__all__ = [
+    "MAX_ACTIVATIONS",
+    "MAX_JSON_DEPTH",
+    "MAX_PARAMS",
+    "expected_shapes",
+    "loads_bounded",
+    "validate_spec",
+]
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+class SpecError(ModelFileError):
+    """The spec breaks the schema (a ModelFileError; the message says where and how)."""
+
+
+def loads_bounded(text: str | bytes, what: str = "JSON",
+                  max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` after checking that nesting never exceeds ``max_depth``: the depth is
+    counted over the brackets outside strings, so nothing recurses on a hostile document.
+    ModelFileError for bad UTF-8, bad JSON, too deep nesting or non-finite numbers."""
+    if isinstance(text, bytes | bytearray):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ModelFileError(f"{what} is not UTF-8 ({exc})") from None
+    depth = 0
+    for bracket in _BRACKETS.findall(_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > max_depth:
+            raise ModelFileError(f"{what} is nested more than {max_depth} levels deep")
+
+    def refuse_constant(name: str) -> None:
+        raise ValueError(f"{name} is not a JSON number")
+
+    try:
+        return json.loads(text, parse_constant=refuse_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise ModelFileError(f"{what} is not valid JSON ({exc})") from None
+
+
+def _fail(where: str, problem: str) -> SpecError:
+    return SpecError(f"{where}: {problem}")
+
+
+def _int(value: Any, where: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(where, f"must be an integer, got {_kind(value)}")
+    if not lo <= value <= hi:
+        raise _fail(where, f"must be between {lo} and {hi}, got {_short(value)}")
+    return value
+
+
+def _pair(value: Any, where: str, lo: int, hi: int) -> tuple[int, int]:
+    if isinstance(value, list):
+        if len(value) != 2:
+            raise _fail(where, f"must be an integer or a pair of them, got {len(value)} values")
+        return _int(value[0], where, lo, hi), _int(value[1], where, lo, hi)
+    n = _int(value, where, lo, hi)
+    return n, n
+
+
+def _choice(value: Any, where: str, choices: tuple[str | None, ...]) -> Any:
+    if not (value is None or isinstance(value, str)) or value not in choices:
+        raise _fail(where, f"must be one of {[c for c in choices if c is not None]}, "
+                           f"got {_short(value)}")
+    return value
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _short(value: Any) -> str:
+    """A bounded description of an untrusted value (never a huge or deep repr)."""
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if abs(value) < 10**30 else f"an integer of {value.bit_length()} bits"
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 40 else repr(value[:40]) + "..."
+    return f"a {_kind(value)}"
+
+
+def _keys(config: dict, where: str, required: set[str], optional: set[str]) -> None:
+    unknown = [k for k in config if k not in required | optional]
+    if unknown:
+        raise _fail(where, f"unknown key {_short(unknown[0])}; known: "
+                           f"{sorted(required | optional)}")
+    missing = sorted(required - config.keys())
+    if missing:
+        raise _fail(where, f"missing key {missing[0]!r}")
+
+
+_COMMON = {"type"}
+_LINEAR = {"activation", "kernel_initializer", "bias_initializer"}
+_LAYER_KEYS: dict[str, tuple[set[str], set[str]]] = {
+    "Dense": ({"units"}, _LINEAR),
+    "Conv2D": ({"filters", "kernel_size"}, _LINEAR | {"strides", "padding"}),
+    "MaxPooling2D": (set(), {"pool_size", "strides", "padding"}),
+    "Cropping2D": (set(), {"cropping"}),
+    "Flatten": (set(), set()),
+    "Dropout": ({"rate"}, {"seed"}),
+    "Activation": ({"activation"}, set()),
+}
+
+
+def _layer(config: Any, index: int, shape: tuple[int, ...]) -> tuple[dict, tuple[int, ...], int]:
+    """(normalized config, output shape, parameter count) of layer ``index`` on ``shape``."""
+    where = f"layers[{index}]"
+    if not isinstance(config, dict):
+        raise _fail(where, f"must be an object with a 'type', got {_kind(config)}")
+    kind = config.get("type")
+    if not isinstance(kind, str) or kind not in _LAYER_KEYS:
+        raise _fail(f"{where}.type", f"unknown layer type {_short(kind)}; known: "
+                                     f"{sorted(_LAYER_KEYS)}")
+    where = f"{where} ({kind})"
+    required, optional = _LAYER_KEYS[kind]
+    _keys(config, where, required | _COMMON, optional)
+    out = dict(config)
+    for key in ("activation",):
+        if key in config:
+            _choice(config[key], f"{where}.{key}", (None, *ACTIVATION_NAMES))
+    for key in ("kernel_initializer", "bias_initializer"):
+        if key in config:
+            _choice(config[key], f"{where}.{key}", INITIALIZER_NAMES)
+    if "padding" in config:
+        _choice(config["padding"], f"{where}.padding", PADDINGS)
+    padding = config.get("padding", "valid")
+
+    def images(what: str) -> tuple[int, int, int]:
+        if len(shape) != 3:
+            raise _fail(where, f"{what} needs (channels, height, width) inputs, got {list(shape)}")
+        return shape  # type: ignore[return-value]
+
+    params = 0
+    if kind == "Dense":
+        units = _int(config["units"], f"{where}.units", 1, MAX_UNITS)
+        if len(shape) != 1:
+            raise _fail(where, f"Dense needs flat inputs, got {list(shape)}; put a Flatten first")
+        params, shape = shape[0] * units + units, (units,)
+    elif kind == "Conv2D":
+        filters = _int(config["filters"], f"{where}.filters", 1, MAX_UNITS)
+        kh, kw = _pair(config["kernel_size"], f"{where}.kernel_size", 1, MAX_WINDOW)
+        sh, sw = _pair(config.get("strides", 1), f"{where}.strides", 1, MAX_WINDOW)
+        c, h, w = images("Conv2D")
+        params = filters * c * kh * kw + filters
+        shape = (filters, _out(h, kh, sh, padding, where), _out(w, kw, sw, padding, where))
+    elif kind == "MaxPooling2D":
+        ph, pw = _pair(config.get("pool_size", 2), f"{where}.pool_size", 1, MAX_WINDOW)
+        strides = config.get("strides")
+        sh, sw = (ph, pw) if strides is None else _pair(strides, f"{where}.strides", 1,
+                                                         MAX_WINDOW)
+        c, h, w = images("MaxPooling2D")
+        shape = (c, _out(h, ph, sh, padding, where), _out(w, pw, sw, padding, where))
+    elif kind == "Cropping2D":
+        (top, bottom), (left, right) = _cropping(config.get("cropping", 0), f"{where}.cropping")
+        c, h, w = images("Cropping2D")
+        if top + bottom >= h or left + right >= w:
+            raise _fail(where, f"cropping leaves nothing of a {h}x{w} image")
+        shape = (c, h - top - bottom, w - left - right)
+    elif kind == "Flatten":
+        shape = (math.prod(shape),)
+    elif kind == "Dropout":
+        rate = config["rate"]
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < 1:
+            raise _fail(f"{where}.rate", f"must be a number in [0, 1), got {_short(rate)}")
+        seed = config.get("seed")
+        if seed is not None:
+            _int(seed, f"{where}.seed", 0, MAX_SEED)
+    if math.prod(shape) > MAX_ACTIVATIONS:
+        raise _fail(where, f"its output has {math.prod(shape)} values per sample, more than "
+                           f"{MAX_ACTIVATIONS}")
+    return out, shape, params
+
+
+def _out(size: int, window: int, stride: int, padding: str, where: str) -> int:
+    """Output length along one axis (``nn.layers.output_size``)."""
+    if padding == "valid":
+        if size < window:
+            raise _fail(where, f"window {window} is larger than the input size {size}")
+        return (size - window) // stride + 1
+    return -(-size // stride)
+
+
+def _cropping(value: Any, where: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    if isinstance(value, list) and len(value) == 2:
+        rows, cols = value
+        if all(isinstance(v, list) for v in (rows, cols)):
+            return _pair(rows, where, 0, MAX_CROP), _pair(cols, where, 0, MAX_CROP)
+        r, c = _int(rows, where, 0, MAX_CROP), _int(cols, where, 0, MAX_CROP)
+        return (r, r), (c, c)
+    if isinstance(value, list):
+        raise _fail(where, "must be an int, [rows, columns] or [[top, bottom], [left, right]]")
+    n = _int(value, where, 0, MAX_CROP)
+    return (n, n), (n, n)
+
+
+def _walk(spec: Any) -> tuple[tuple[int, ...], list[tuple[dict, tuple[int, ...], int]]]:
+    """The input shape and, per layer, (config, output shape, parameter count)."""
+    if not isinstance(spec, dict):
+        raise SpecError(f"a model spec must be a JSON object, got {_kind(spec)}")
+    _keys(spec, "spec", {"format", "version", "input_shape", "dtype", "layers"},
+          {"preprocess"})
+    if spec["format"] != SPEC_FORMAT or spec["version"] != SPEC_VERSION \
+            or isinstance(spec["version"], bool):
+        raise SpecError(f"not a {SPEC_FORMAT} version {SPEC_VERSION} spec (format="
+                        f"{_short(spec['format'])}, version={_short(spec['version'])})")
+    dims = spec["input_shape"]
+    if not isinstance(dims, list) or len(dims) not in (1, 3):
+        raise _fail("input_shape", "must be [features] or [channels, height, width]")
+    shape = tuple(_int(d, "input_shape", 1, MAX_INPUT_DIM) for d in dims)
+    if math.prod(shape) > MAX_INPUT_VALUES:
+        raise _fail("input_shape", f"{math.prod(shape)} values per sample, more than "
+                                   f"{MAX_INPUT_VALUES}")
+    _choice(spec["dtype"], "dtype", DTYPES)
+    layers = spec["layers"]
+    if not isinstance(layers, list) or not 1 <= len(layers) <= MAX_LAYERS:
+        raise _fail("layers", f"must be a list of 1 to {MAX_LAYERS} layers")
+    preprocess = spec.get("preprocess", {"scale": "unit"})
+    if not isinstance(preprocess, dict):
+        raise _fail("preprocess", f"must be an object, got {_kind(preprocess)}")
+    _keys(preprocess, "preprocess", set(), {"scale"})
+    _choice(preprocess.get("scale", "unit"), "preprocess.scale", PIXEL_SCALES)
+    walked, total, current = [], 0, shape
+    for index, config in enumerate(layers):
+        config, current, params = _layer(config, index, current)
+        total += params
+        if total > MAX_PARAMS:
+            raise _fail(f"layers[{index}]", f"the model would have over {MAX_PARAMS} "
+                                            f"weights ({total} so far)")
+        walked.append((config, current, params))
+    return shape, walked
+
+
+def validate_spec(spec: Any) -> dict:
+    """``spec`` itself when it is a valid, bounded model spec; SpecError (a ModelFileError)
+    naming the first key that is wrong otherwise. Allocates nothing in proportion to the
+    numbers in the spec, so any spec is checked in microseconds."""
+    _walk(spec)
+    return spec
+
+
+def expected_shapes(spec: Any) -> dict[str, tuple[int, ...]]:
+    """Every weight the model needs, ``{"0.W": (784, 50), "0.b": (50,), ...}``, computed
+    from a spec (validated here too) without building anything."""
+    shape, walked = _walk(spec)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for index, (config, out, _params) in enumerate(walked):
+        if config["type"] == "Dense":
+            shapes[f"{index}.W"], shapes[f"{index}.b"] = (shape[0], out[0]), (out[0],)
+        elif config["type"] == "Conv2D":
+            kh, kw = _pair(config["kernel_size"], "kernel_size", 1, MAX_WINDOW)
+            shapes[f"{index}.W"] = (out[0], shape[0], kh, kw)
+            shapes[f"{index}.b"] = (out[0],)
+        shape = out
+    return shapes
