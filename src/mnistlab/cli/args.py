@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Callable
+from pathlib import Path
+
+from mnistlab.errors import MnistlabError
 
 DEVICES = "cpu, cuda, cuda:N, auto"
 MAX_SEED = 2**32 - 1  # the seeds NumPy and torch both take
@@ -52,7 +55,7 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-seed = int_range(0, MAX_SEED, f"an integer from 0 to {MAX_SEED}")
+random_seed = int_range(0, MAX_SEED, f"an integer from 0 to {MAX_SEED}")
 port = int_range(1, 65535, "a port number from 1 to 65535")
 
 
@@ -62,3 +65,28 @@ def device(text: str) -> str:
     if not re.fullmatch(r"cpu|auto|cuda(:[0-9]+)?", name):
         raise argparse.ArgumentTypeError(f"expected one of: {DEVICES}; got {text!r}")
     return name
+
+
+def check_output_dir(path: Path, option: str) -> None:
+    """``path`` is, or can be made, a directory: MnistlabError naming ``option`` if a file is
+    in the way (checked before any work, so nothing is computed and then lost)."""
+    if path.exists():
+        if not path.is_dir():
+            raise MnistlabError(f"{option} {path}: exists and is not a directory")
+        return
+    _check_parents(path, option)
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """``path`` can be written as a file: not a directory, no file where a parent should be."""
+    if path.is_dir():
+        raise MnistlabError(f"{option} {path}: is a directory; expected a file name")
+    _check_parents(path, option)
+
+
+def _check_parents(path: Path, option: str) -> None:
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise MnistlabError(f"{option} {path}: {parent} is a file, not a directory")
+            return

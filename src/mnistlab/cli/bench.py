@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mnistlab.cli.args import positive_int
+from mnistlab.cli.args import int_range, positive_int, random_seed
 from mnistlab.errors import ModelFileError
 
 if TYPE_CHECKING:
@@ -60,9 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     numgrad.add_argument("--naive-samples", type=positive_int, default=3, help="(default: 3)")
     numgrad.add_argument("--fast-samples", type=positive_int, default=300, help="(default: 300)")
-    numgrad.add_argument("--hidden", type=positive_int, default=30,
-                         help="hidden units (default: 30)")
-    numgrad.add_argument("--seed", type=int, default=0)
+    numgrad.add_argument("--hidden", type=int_range(1, 4096), default=30,
+                         help="hidden units, 1 to 4096 (default: 30)")
+    numgrad.add_argument("--seed", type=random_seed, default=0, help="(default: 0)")
     numgrad.add_argument(
         "--epoch", action="store_true", help="also run the course's one-epoch experiment (fast)"
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnistlab.cli.args import check_output_file, non_negative_int, positive_int
 from mnistlab.datasets import (
     DATASETS,
     dataset_info,
@@ -50,9 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.set_defaults(func=cmd_show)
 
     grid = commands.add_parser("grid", help="save a PNG grid of digits with their labels")
-    grid.add_argument("--count", type=int, default=25, help="number of digits (default: 25)")
+    grid.add_argument(
+        "--count", type=positive_int, default=25, help="number of digits (default: 25)"
+    )
     grid.add_argument("--split", choices=["train", "test"], default="train")
-    grid.add_argument("--start", type=int, default=0, help="first index (default: 0)")
+    grid.add_argument("--start", type=non_negative_int, default=0, help="first index (default: 0)")
     grid.add_argument("--out", required=True, type=Path, help="output PNG file")
     dataset_option(grid)
     grid.set_defaults(func=cmd_grid)
@@ -133,10 +136,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_grid(args: argparse.Namespace) -> int:
     from mnistlab.reporting.plots import digit_grid
 
+    check_output_file(args.out, "--out")
     images, labels = _split(args.dataset, args.split)
     stop = min(args.start + args.count, len(images))
     if args.count < 1 or args.start < 0 or args.start >= len(images):
-        raise MnistlabError(f"--start {args.start} / --count {args.count} select no images")
+        raise MnistlabError(
+            f"--start {args.start}: expected an index from 0 to {len(images) - 1} "
+            f"of the {args.split} split"
+        )
     names = get_dataset(args.dataset).class_names
     shown = [names[int(t)] for t in labels[args.start : stop]]
     digit_grid(
@@ -151,12 +158,14 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    check_output_file(args.dst, "DST")
     images, labels = _read_any(args.src, args.labels)
     if _is_csv(str(args.dst)):
         write_csv(args.dst, images, labels, header=not args.no_header)
         print(f"wrote {args.dst} ({len(images):,} rows)")
     else:
         labels_path = args.labels or _labels_name(args.dst)
+        check_output_file(labels_path, "--labels")
         write_idx(args.dst, images)
         write_idx(labels_path, labels)
         print(f"wrote {args.dst} and {labels_path} ({len(images):,} images)")

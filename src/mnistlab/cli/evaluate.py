@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mnistlab.cli.args import positive_int
+from mnistlab.cli.args import check_output_dir, positive_int, random_seed
 from mnistlab.datasets import DATASETS
 from mnistlab.engines import ENGINES
 from mnistlab.errors import MnistlabError, ModelFileError
@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="rows per inference chunk (default: automatic)")
     parser.add_argument("--engine", default="numpy", choices=ENGINES,
                         help="engine to run the model on (default: numpy)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=random_seed, default=0,
                         help="seed of the random pick of mistakes (default: 0)")
     parser.set_defaults(func=cmd_eval)
 
@@ -44,6 +44,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mnistlab.reporting import runs
 
     path: Path = args.model
+    if args.out is not None:
+        check_output_dir(args.out, "--out")
     if not path.is_file():
         what = "is a directory, not a model file" if path.is_dir() else "no such model file"
         raise ModelFileError(f"{path}: {what}")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
+from mnistlab.cli.args import check_output_dir, int_range, port
 from mnistlab.errors import MnistlabError
 
 
@@ -19,7 +21,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     predict.add_argument("--model", type=Path, help="saved model (default: the bundled one)")
-    predict.add_argument("--top", type=int, default=3, metavar="K", help="show the K most likely")
+    predict.add_argument(
+        "--top",
+        type=int_range(1, 10),
+        default=3,
+        metavar="K",
+        help="show the K most likely, 1 to 10 (default: 3)",
+    )
     predict.add_argument("--json", action="store_true", help="one JSON object per image")
     predict.add_argument(
         "--save-preprocessed",
@@ -36,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "GET /api/health, docs at /docs). Needs the serve extra.",
     )
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=port, default=8000, help="(default: 8000)")
     serve.add_argument("--model", type=Path, help="saved model (default: the bundled one)")
     serve.set_defaults(func=cmd_serve)
 
@@ -44,21 +52,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from mnistlab.cli import one_line
     from mnistlab.handwriting.recognizer import Recognizer
 
-    if args.top < 1 or args.top > 10:
-        raise MnistlabError("--top must be between 1 and 10")
+    if args.save_preprocessed is not None:
+        check_output_dir(args.save_preprocessed, "--save-preprocessed")
     recognizer = Recognizer.from_path(args.model)
     failures = 0
     for path in args.images:
         try:
             prediction = recognizer.recognize_image(_load(path), name=str(path))
-        except MnistlabError as error:
+        except MnistlabError as error:  # one line on stderr per image that failed; go on
             failures += 1
+            message = str(error) if str(error).startswith(str(path)) else f"{path}: {error}"
             if args.json:
-                print(json.dumps({"file": str(path), "error": str(error)}))
-            else:
-                print(f"{path}: error: {error}")
+                print(json.dumps({"file": str(path), "error": message}))
+            print(f"mnistlab: error: IMAGE {one_line(message)}", file=sys.stderr)
             continue
         if args.save_preprocessed:
             args.save_preprocessed.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mnistlab.cli.args import DEVICES, device
+from mnistlab.cli.args import DEVICES, check_output_dir, device
 from mnistlab.datasets import DATASETS
 from mnistlab.engines import ENGINES
 from mnistlab.errors import MnistlabError
@@ -112,8 +112,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     dataset, engine = args.dataset or "mnist", args.engine or "numpy"
     overrides = check_training(args.recipe, args, dataset=dataset, engine=engine)
     _check_device(args.device, engine)
-    if args.out is not None and args.out.exists() and not args.out.is_dir():
-        raise MnistlabError(f"--out {args.out}: exists and is not a directory")
+    if args.out is not None:
+        check_output_dir(args.out, "--out")
     train_recipe(
         args.recipe,
         overrides,
@@ -239,8 +239,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         check_run_dir(run_dir, "RUN_DIR", need="metrics.json")
     for name in names:
         check_training(name, args, engine=args.engine)
-    if args.out.exists() and not args.out.is_dir():
-        raise MnistlabError(f"--out {args.out}: exists and is not a directory")
+    check_output_dir(args.out, "--out")
     run_dirs = list(args.run_dirs)
     for name in names:
         run_dirs.append(train_recipe(name, overrides_from(args), engine=args.engine).run_dir)
