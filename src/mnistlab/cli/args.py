@@ -8,8 +8,9 @@ option (``argument --batch-size: ...``) and the CLI's parser turns that into its
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mnistlab.errors import MnistlabError
@@ -90,3 +91,15 @@ def _check_parents(path: Path, option: str) -> None:
             if not parent.is_dir():
                 raise MnistlabError(f"{option} {path}: {parent} is a file, not a directory")
             return
+
+
+@contextlib.contextmanager
+def about(option: str | None) -> Iterator[None]:
+    """Prefix a MnistlabError raised in the block with the option or argument it is about
+    (``MODEL x.safetensors: truncated ...``); None leaves it as it is."""
+    try:
+        yield
+    except MnistlabError as error:
+        if option is None or str(error).startswith(option):
+            raise
+        raise MnistlabError(f"{option} {error}") from error

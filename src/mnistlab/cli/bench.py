@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mnistlab.cli.args import int_range, positive_int, random_seed
+from mnistlab.cli.args import about, int_range, positive_int, random_seed
 from mnistlab.errors import ModelFileError
 
 if TYPE_CHECKING:
@@ -155,7 +155,8 @@ def cmd_inference(args: argparse.Namespace) -> int:
     from mnistlab.datasets import load_mnist
 
     path = resolve_weights(args.weights)
-    model = load_benchmark_model(path, args.dtype)
+    with about("--weights" if args.weights else None):
+        model = load_benchmark_model(path, args.dtype)
     (_, _), (x_test, t_test) = load_mnist(normalize=True, flatten=True, one_hot_label=False)
     if args.limit is not None:
         x_test, t_test = x_test[: args.limit], t_test[: args.limit]

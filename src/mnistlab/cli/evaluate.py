@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mnistlab.cli.args import check_output_dir, positive_int, random_seed
+from mnistlab.cli.args import about, check_output_dir, positive_int, random_seed
 from mnistlab.datasets import DATASETS
 from mnistlab.engines import ENGINES
 from mnistlab.errors import MnistlabError, ModelFileError
@@ -48,9 +48,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_output_dir(args.out, "--out")
     if not path.is_file():
         what = "is a directory, not a model file" if path.is_dir() else "no such model file"
-        raise ModelFileError(f"{path}: {what}")
-    model = load_model(path, engine=args.engine)
-    runs.check_model_input(model)
+        raise ModelFileError(f"MODEL {path}: {what}")
+    with about("MODEL"):
+        model = load_model(path, engine=args.engine)
+        runs.check_model_input(model)
 
     train, test = load_data(args.dataset)
     images, labels = test if args.split == "test" else train

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from mnistlab.cli.args import check_output_dir, int_range, port
+from mnistlab.cli.args import about, check_output_dir, int_range, port
 from mnistlab.errors import MnistlabError
 
 
@@ -57,7 +57,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.save_preprocessed is not None:
         check_output_dir(args.save_preprocessed, "--save-preprocessed")
-    recognizer = Recognizer.from_path(args.model)
+    with about("--model" if args.model else None):
+        recognizer = Recognizer.from_path(args.model)
     failures = 0
     for path in args.images:
         try:
@@ -92,7 +93,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"serving needs the serve extra ({error.name} is missing): "
             "pip install 'mnistlab[serve]'"
         ) from error
-    app = create_app(args.model)
+    with about("--model" if args.model else None):
+        app = create_app(args.model)
     print(f"mnistlab: draw a digit at http://{args.host}:{args.port}/  (API docs at /docs)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -235,11 +235,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise MnistlabError("nothing to compare: give RUN_DIRs or --recipes a,b,c")
     if args.set and not names:
         raise MnistlabError("--set applies to --recipes only (finished runs keep their settings)")
+    check_output_dir(args.out, "--out")
     for run_dir in args.run_dirs:  # all checked before training anything
         check_run_dir(run_dir, "RUN_DIR", need="metrics.json")
     for name in names:
         check_training(name, args, engine=args.engine)
-    check_output_dir(args.out, "--out")
     run_dirs = list(args.run_dirs)
     for name in names:
         run_dirs.append(train_recipe(name, overrides_from(args), engine=args.engine).run_dir)
