@@ -249,3 +249,173 @@ def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     fifo = tmp_path / "model.safetensors"
     os.mkfifo(fifo)
     assert "not a regular file" in load_error(fifo)  # an open() would wait for a writer
+
+
+# --- finding 5: the textbook pickle changes no state and takes bounded memory -------------
+
+P3 = b"\x80\x03"
+RECONSTRUCT = b"cnumpy.core.multiarray\n_reconstruct\n"
+NDARRAY = b"cnumpy\nndarray\n"
+NDARRAY_CALL = P3 + NDARRAY + b"(K\x05\x85C\x01bt" + b"R."  # numpy.ndarray((5,), b"b")
+
+
+def binint(n: int) -> bytes:
+    return b"J" + struct.pack("<i", n)
+
+
+def test_a_pickle_cannot_replace_the_ndarray_token() -> None:
+    """Before: BUILD on the token set its __new__ to _reconstruct for the rest of the
+    process, after which a plain ndarray((n,), b'b') call returned uninitialised memory."""
+    from mnistlab.engines import legacy
+
+    token_new = legacy._NdarrayToken.__dict__["__new__"]
+    attack = (P3 + NDARRAY + b"N}X\x07\x00\x00\x00__new__" + RECONSTRUCT + b"s\x86b0"
+              + NDARRAY + b"(" + binint(100_000_000) + b"\x85C\x01bt" + b"R.")
+    with pytest.raises(legacy.UnsafePickleError, match="sets the state of the class"):
+        legacy.safe_unpickle(attack)
+    assert legacy._NdarrayToken.__dict__["__new__"] is token_new
+    with pytest.raises(legacy.UnsafePickleError, match="ndarray directly"):
+        legacy.safe_unpickle(NDARRAY_CALL)
+
+
+def test_a_pickle_cannot_change_numpy_dtypes() -> None:
+    """Before: BUILD reached NumPy's own float64 dtype object (its state, flags included)."""
+    from mnistlab.engines.legacy import UnsafePickleError, safe_unpickle
+
+    for flags in (b"K?", b"K\x01"):
+        attack = (P3 + b"cnumpy\ndtype\nX\x02\x00\x00\x00f8\x89\x88\x87R(K\x03X\x01\x00\x00\x00"
+                  b"<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xff" + flags + b"tb.")
+        with pytest.raises(UnsafePickleError, match="dtype's state"):
+            safe_unpickle(attack)
+    assert not np.dtype("f8").hasobject
+    plain = safe_unpickle(P3 + b"cnumpy\ndtype\nX\x02\x00\x00\x00f8\x89\x88\x87R.")
+    assert not isinstance(plain, np.dtype)  # a placeholder, never NumPy's shared object
+
+
+@pytest.mark.parametrize("code", [b"O", b"V", b"U", b"S", b"M"])
+def test_reconstruct_accepts_only_what_numpy_writes(code: bytes) -> None:
+    """Before: _reconstruct(ndarray, (3,), b'O') returned an object array."""
+    from mnistlab.engines.legacy import UnsafePickleError, safe_unpickle
+
+    with pytest.raises(UnsafePickleError, match="never writes"):
+        safe_unpickle(P3 + RECONSTRUCT + NDARRAY + b"K\x03\x85C\x01" + code + b"\x87R.")
+
+
+@pytest.mark.parametrize("code", ["O8", "c16", "V8", "U4", "S4", "M8", "f16", "(2,)f8", "b"])
+def test_only_plain_numeric_dtypes(code: str) -> None:
+    from mnistlab.engines.legacy import UnsafePickleError, safe_unpickle
+
+    raw = code.encode()
+    attack = P3 + b"cnumpy\ndtype\nX" + struct.pack("<I", len(raw)) + raw + b"\x89\x88\x87R."
+    with pytest.raises(UnsafePickleError, match="dtype"):
+        safe_unpickle(attack)
+
+
+PICKLE_PEAK = """
+    import sys, tracemalloc
+    from mnistlab.engines.legacy import safe_unpickle
+    from mnistlab.errors import ModelFileError, UnsafePickleError
+    tracemalloc.start()
+    try:
+        safe_unpickle(bytes.fromhex(sys.argv[1]))
+        print("loaded", tracemalloc.get_traced_memory()[1])
+    except (ModelFileError, UnsafePickleError) as error:
+        print("refused", tracemalloc.get_traced_memory()[1])
+"""
+
+
+@pytest.mark.parametrize("name, data", [
+    # _reconstruct(ndarray, (1_170_000_000,), b"b"): before, 1.17 GB allocated by 65 bytes
+    ("reconstruct", P3 + RECONSTRUCT + NDARRAY + binint(1_170_000_000) + b"\x85C\x01b\x87R."),
+    # LONG_BINPUT 0x07ffffff: before, the C unpickler grew its memo array to 2 GiB
+    ("memo", b"\x80\x02Nr\xff\xff\xff\x07."),
+    # a BUILD whose shape claims far more than the data holds
+    ("state", P3 + RECONSTRUCT + NDARRAY + b"K\x00\x85C\x01b\x87R(K\x01" + binint(1 << 30)
+     + b"\x85cnumpy\ndtype\nX\x02\x00\x00\x00f8\x89\x88\x87R(K\x03X\x01\x00\x00\x00<NNN"
+     + b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89C\x08" + bytes(8) + b"tb."),
+])
+def test_tiny_pickles_take_bounded_memory(name: str, data: bytes) -> None:
+    peak, said = peak_after(PICKLE_PEAK, data.hex())
+    _, traced = said.split()
+    assert int(traced) < 1 << 20, f"{name}: {int(traced) / 2**20:.0f} MiB traced"
+    assert peak < PEAK_MIB
+
+
+def test_arrays_are_bounded_by_the_file_size() -> None:
+    """One array's bytes named 40 times (through the memo): refused once the arrays add up to
+    more than twice the pickle's size."""
+    import pickle
+
+    from mnistlab.engines.legacy import UnsafePickleError, safe_unpickle
+
+    row = np.zeros(1000, np.float64)
+    data = pickle.dumps([row] * 3, protocol=3)  # shared: one array, referenced thrice
+    assert all(a.shape == (1000,) for a in safe_unpickle(data))
+    raw = row.tobytes()
+    state = (b"(K\x01" + b"M\xe8\x03\x85" + b"h\x01" + b"\x89" + b"h\x02" + b"t")
+    array = RECONSTRUCT + NDARRAY + b"K\x00\x85C\x01b\x87R" + state + b"b"
+    attack = (P3 + b"cnumpy\ndtype\nX\x02\x00\x00\x00f8\x89\x88\x87R(K\x03X\x01\x00\x00\x00<NNN"
+              b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tbq\x01" + b"B" + struct.pack("<I", len(raw))
+              + raw + b"q\x020" + b"0" + b"](" + array * 40 + b"e.")
+    with pytest.raises(UnsafePickleError, match="more bytes than the file"):
+        safe_unpickle(attack)
+
+
+def test_arrays_come_back_plain_writable_and_numeric() -> None:
+    import pickle
+
+    from mnistlab.engines.legacy import safe_unpickle
+
+    weights = {"a": np.arange(6, dtype=">f4").reshape(2, 3), "b": np.asfortranarray(
+        np.ones((3, 2), np.int16)), "c": np.array([True, False])}
+    loaded = safe_unpickle(pickle.dumps(weights, protocol=3))
+    for key, value in weights.items():
+        assert type(loaded[key]) is np.ndarray and loaded[key].flags.writeable
+        np.testing.assert_array_equal(loaded[key], value)
+        assert loaded[key].dtype == value.dtype
+
+
+def test_deep_tuple_keys_and_odd_targets_are_refused() -> None:
+    from mnistlab.engines.legacy import safe_unpickle
+
+    deep = P3 + b"}" + b")" + b"\x85" * 200_000 + b"Ns."  # {((((...)))): None}
+    with pytest.raises(ModelFileError, match="dict key is a tuple"):
+        safe_unpickle(deep)
+    with pytest.raises(ModelFileError, match="sets items of a list"):
+        safe_unpickle(P3 + b"]K\x00Ns.")
+    with pytest.raises(ModelFileError, match="appends to a dict"):
+        safe_unpickle(P3 + b"}Na.")
+
+
+def test_special_files_are_refused_by_type_before_reading(tmp_path: Path) -> None:
+    from mnistlab.engines.legacy import import_weights, load_legacy_weights
+
+    fifo = tmp_path / "w.pkl"
+    os.mkfifo(fifo)
+    for path in ([Path("/dev/zero")] if os.path.exists("/dev/zero") else []) + [fifo]:
+        for load in (load_legacy_weights, import_weights):
+            with pytest.raises(ModelFileError, match="not a regular file"):
+                load(path)
+    if os.path.exists("/dev/zero"):
+        with open("/dev/zero", "rb") as handle, pytest.raises(ModelFileError, match="regular"):
+            load_legacy_weights(handle)
+
+
+def test_load_legacy_weights_takes_an_open_binary_file(tmp_path: Path) -> None:
+    import io
+    import pickle
+
+    from mnistlab.engines.legacy import LEGACY_SHAPES, load_legacy_weights
+
+    rng = np.random.default_rng(0)
+    weights = {k: rng.standard_normal(s) for k, s in LEGACY_SHAPES.items()}
+    path = tmp_path / "sample_weight.pkl"
+    path.write_bytes(pickle.dumps(weights, protocol=3))
+    with open(path, "rb") as f:  # as the textbook does
+        loaded = load_legacy_weights(f)
+    np.testing.assert_array_equal(loaded["W1"], weights["W1"])
+    assert load_legacy_weights(io.BytesIO(path.read_bytes()))["b3"].shape == (10,)
+    with open(path) as text, pytest.raises(ModelFileError, match="binary mode"):
+        load_legacy_weights(text)
+    with pytest.raises(ModelFileError, match="too large"):
+        load_legacy_weights(io.BytesIO(bytes(9 * 1024 * 1024)))
