@@ -134,7 +134,7 @@ CASES = {
     # recipe, dataset, engine, device
     "recipe unknown": (
         ["train", "--recipe", "nope"],
-        ["--recipe nope", "one of: pretrained-sigmoid"],
+        ["--recipe nope", "known recipes: pretrained-sigmoid"],
     ),
     "dataset unknown": (
         [*TRAIN, "--dataset", "cifar"],
@@ -235,6 +235,12 @@ def test_resume_takes_no_new_settings_and_needs_a_checkpoint(tmp_path, capsys):
     assert_names(line, "--resume", "--set")
     line = one_error_line(["train", "--resume", str(run)], capsys)
     assert_names(line, "--resume", "no checkpoint", "checkpoint.safetensors")
+    (run / "config.json").write_text(json.dumps({**config, "config": {"epochs": "ten"}}))
+    line = one_error_line(["train", "--resume", str(run)], capsys)
+    assert_names(line, f"--resume {run}: config.json epochs", "an integer from 1 to")
+    (run / "config.json").write_text(json.dumps({**config, "engine": "jax"}))
+    line = one_error_line(["train", "--resume", str(run)], capsys)
+    assert_names(line, "--resume", "unknown dataset or engine", "'jax'")
 
 
 def test_output_paths_blocked_by_a_file(tmp_path, capsys):

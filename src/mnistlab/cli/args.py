@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from mnistlab.errors import MnistlabError
+from mnistlab.errors import DataFormatError, MnistlabError, ModelFileError, UnsafePickleError
 
 DEVICES = "cpu, cuda, cuda:N, auto"
 MAX_SEED = 2**32 - 1  # the seeds NumPy and torch both take
@@ -95,11 +95,12 @@ def _check_parents(path: Path, option: str) -> None:
 
 @contextlib.contextmanager
 def about(option: str | None) -> Iterator[None]:
-    """Prefix a MnistlabError raised in the block with the option or argument it is about
-    (``MODEL x.safetensors: truncated ...``); None leaves it as it is."""
+    """Prefix a file's error raised in the block (ModelFileError and the like, whose
+    messages start with the path) with the option or argument that named the file:
+    ``MODEL x.safetensors: truncated ...``. None leaves it as it is."""
     try:
         yield
-    except MnistlabError as error:
+    except (ModelFileError, UnsafePickleError, DataFormatError) as error:
         if option is None or str(error).startswith(option):
             raise
         raise MnistlabError(f"{option} {error}") from error

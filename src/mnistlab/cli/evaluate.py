@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mnistlab.cli.args import about, check_output_dir, positive_int, random_seed
 from mnistlab.datasets import DATASETS
-from mnistlab.engines import ENGINES
+from mnistlab.engines import ENGINES, TORCH_HINT, torch_available
 from mnistlab.errors import MnistlabError, ModelFileError
 
 
@@ -46,6 +46,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     path: Path = args.model
     if args.out is not None:
         check_output_dir(args.out, "--out")
+    if args.engine == "torch" and not torch_available():
+        raise MnistlabError(f"--engine torch: torch is not installed; {TORCH_HINT}")
     if not path.is_file():
         what = "is a directory, not a model file" if path.is_dir() else "no such model file"
         raise ModelFileError(f"MODEL {path}: {what}")

@@ -137,7 +137,7 @@ def check_training(
 
     recipe = RECIPES.get(name)
     if recipe is None:
-        raise MnistlabError(f"--recipe {name}: unknown recipe; one of: {', '.join(RECIPES)}")
+        raise MnistlabError(f"--recipe {name}: unknown recipe; known recipes: {', '.join(RECIPES)}")
     if dataset not in recipe.datasets:
         raise MnistlabError(
             f"--dataset {dataset}: recipe {name} trains on {', '.join(recipe.datasets)} only"
@@ -185,8 +185,22 @@ def _check_resume(args: argparse.Namespace) -> None:
             f"--resume continues a run with its own settings; it takes no {given[0]} "
             "(start a new run with --recipe to change them)"
         )
-    check_run_dir(args.resume, "--resume", need="config.json")
+    saved = check_run_dir(args.resume, "--resume", need="config.json")
+    from mnistlab.experiments.recipes import EXTRA_SETTINGS, RECIPES, resolve_config
     from mnistlab.experiments.runner import CHECKPOINT
+
+    where = f"--resume {args.resume}: config.json"
+    if saved["dataset"] not in DATASETS or saved["engine"] not in ENGINES:
+        raise MnistlabError(f"{where}: unknown dataset or engine ({saved['dataset']!r}, "
+                            f"{saved['engine']!r}); datasets: {', '.join(DATASETS)}, "
+                            f"engines: {', '.join(ENGINES)}")  # fmt: skip
+    recipe = RECIPES[saved["recipe"]]
+    settings = {  # the saved settings, checked as the command line's would be
+        key: str(value)
+        for key, value in saved["config"].items()
+        if (key in recipe.defaults or key in EXTRA_SETTINGS) and value is not None
+    }
+    resolve_config(recipe, settings, options={key: f"{where} {key}" for key in settings})
 
     if not (args.resume / CHECKPOINT).is_file():
         raise MnistlabError(

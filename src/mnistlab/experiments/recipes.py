@@ -367,7 +367,10 @@ SETTING_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "seed": (f"an integer from 0 to {MAX_SEED}", lambda v: 0 <= v <= MAX_SEED),
     "limit": (f"{COUNT} (the first N training images)", lambda v: v >= 1),
     "test_limit": (f"{COUNT} (the first N test images)", lambda v: v >= 1),
-    "weights": ("a file path", lambda v: v != ""),
+    "weights": (
+        "an existing file: the textbook's sample_weight.pkl (or set MNISTLAB_SAMPLE_WEIGHT)",
+        lambda v: Path(v).expanduser().is_file(),
+    ),
     "loss": (f"one of: {', '.join(LOSSES)}", lambda v: v in LOSSES),
     "stop_at_accuracy": ("a fraction above 0, at most 1", lambda v: 0.0 < v <= 1.0),
     "pixels": (f"one of: {', '.join(PIXEL_SCALES)}", lambda v: v in PIXEL_SCALES),
@@ -404,6 +407,11 @@ def resolve_config(
                 f"{option}: recipe {recipe.name} has no setting {key!r}; its settings: {known}"
             )
         config[key] = _parse(option, key, text, config.get(key))
+    for key, value in config.items():  # a default can be wrong here too (a missing file)
+        expected, check = SETTING_CHECKS.get(key, ("", lambda v: True))
+        if key not in overrides and not check(value):
+            option = (options or {}).get(key, f"--set {key}")
+            raise MnistlabError(f"{option}: expected {expected}, got {value} (the default)")
     if "thinner" in config and "thicker" in config and config["thinner"] > config["thicker"]:
         key = "thinner" if "thinner" in overrides else "thicker"
         option = (options or {}).get(key, f"--set {key}")
