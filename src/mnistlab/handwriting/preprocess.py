@@ -28,9 +28,10 @@ import math
 import os
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, UnidentifiedImageError
 
 from mnistlab.errors import ImageError
 
@@ -40,8 +41,11 @@ __all__ = [
     "MAX_FILE_BYTES",
     "MAX_PIXELS",
     "WORK_MAX_SIDE",
+    "decode_cost",
     "decode_image",
+    "decode_opened",
     "load_image",
+    "open_image",
     "preprocess_file",
     "preprocess_image",
 ]
@@ -87,21 +91,53 @@ def load_image(path: str | os.PathLike[str], *, max_side: int | None = None) -> 
     return decode_image(_read_limited(p), name=str(p), max_side=max_side)
 
 
-def decode_image(data: bytes, *, name: str = "image", max_side: int | None = None) -> Image.Image:
+def decode_image(
+    data: bytes | BinaryIO,
+    *,
+    name: str = "image",
+    max_side: int | None = None,
+    formats: tuple[str, ...] | None = None,
+) -> Image.Image:
     """Decode image file bytes (an upload, a file's content) with the same limits as
-    ``load_image``; ``name`` labels error messages."""
-    if not data:
+    ``load_image``; ``data`` may also be a seekable binary file. ``name`` labels error
+    messages, ``formats`` (Pillow's names, e.g. ``("PNG", "JPEG")``) restricts what opens.
+
+    With ``max_side``, an image more than twice that size is reduced while decoding (JPEG
+    by DCT scaling, then every format by an integer box average in bands of rows), so the
+    working copy never exceeds about ``(2 * max_side)**2`` pixels; what it costs at most
+    is ``decode_cost`` of the opened image."""
+    return decode_opened(open_image(data, name=name, formats=formats), name=name, max_side=max_side)
+
+
+def open_image(
+    data: bytes | BinaryIO, *, name: str = "image", formats: tuple[str, ...] | None = None
+) -> Image.Image:
+    """Read an image's header only (nothing is decoded yet) and check its size limits:
+    at most ``MAX_FILE_BYTES`` of data and ``MAX_PIXELS`` pixels. Pass the result to
+    ``decode_opened``; ``decode_cost`` says what that will cost in memory."""
+    stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    try:
+        stream.seek(0, io.SEEK_END)
+        size = stream.tell()
+        stream.seek(0)
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"{name}: cannot read the image data ({_reason(exc)})") from exc
+    if size == 0:
         raise ImageError(f"{name}: no data, expected an image file")
-    if len(data) > MAX_FILE_BYTES:
+    if size > MAX_FILE_BYTES:
         raise ImageError(f"{name}: larger than the limit of {MAX_FILE_BYTES // 2**20} MiB")
     try:
         with warnings.catch_warnings():
             # Our own limit is lower than Pillow's warning threshold; we raise below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(stream, formats=list(formats) if formats else None)
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{name}: image is too large ({exc})") from exc
     except UnidentifiedImageError as exc:
+        if formats:
+            raise ImageError(
+                f"{name}: not a readable image (expected {' or '.join(formats)})"
+            ) from exc
         raise ImageError(f"{name}: not a readable image (unrecognized file format)") from exc
     except Exception as exc:  # Pillow's format sniffers raise many types on garbage
         raise ImageError(f"{name}: not a readable image ({_reason(exc)})") from exc
@@ -114,15 +150,52 @@ def decode_image(data: bytes, *, name: str = "image", max_side: int | None = Non
         )
     if width < 1 or height < 1:
         raise ImageError(f"{name}: image has no pixels ({width}x{height})")
-    if max_side is not None and img.format == "JPEG":
+    return img
+
+
+def decode_opened(
+    img: Image.Image, *, name: str = "image", max_side: int | None = None
+) -> Image.Image:
+    """Decode an image from ``open_image``: pixels loaded, reduced when ``max_side`` asks
+    (see ``decode_image``), EXIF orientation applied."""
+    if max_side is not None and _is_jpeg(img):
         img.draft(img.mode, (max_side, max_side))
     try:
         img.load()
+        orientation = _exif_orientation(img)
+        if max_side is not None:
+            reduced = _reduce_for_work(img, max_side)
+            if reduced is not img:
+                img.close()  # frees the full-size pixels now, not when the caller lets go
+                img = reduced
     except Exception as exc:  # truncated/corrupt data: OSError, SyntaxError, ValueError, ...
         raise ImageError(f"{name}: image data is corrupt or truncated ({_reason(exc)})") from exc
-    with contextlib.suppress(Exception):  # a broken EXIF block must not lose a good image
-        img = ImageOps.exif_transpose(img)
+    method = _ORIENTATION_TRANSPOSE.get(orientation)
+    if method is not None:
+        with contextlib.suppress(Exception):  # a broken EXIF block must not lose a good image
+            img = img.transpose(method)
     return img
+
+
+def decode_cost(img: Image.Image, *, max_side: int | None = None) -> int:
+    """Bytes of memory ``decode_opened(img, max_side=max_side)`` needs at most, from the
+    header alone: the decoded pixels (Pillow keeps 1, 2 or 4 bytes a pixel), for JPEG
+    libjpeg's whole-image DCT coefficient buffers (2 bytes per coefficient, held by
+    progressive and multi-scan files even when decoding at a reduced scale), and the
+    reduced copy."""
+    width, height = img.size
+    cost = 0
+    if _is_jpeg(img):
+        scale = _jpeg_draft_scale(img.size, max_side) if max_side is not None else 1
+        width, height = -(-width // scale), -(-height // scale)
+        if img.info.get("progressive") or _jpeg_later_scans(img):
+            cost += _jpeg_coefficient_bytes(img)
+    cost += width * height * _BYTES_PER_PIXEL.get(img.mode, 4)
+    if max_side is not None and max(width, height) // max_side >= 2:
+        factor = max(width, height) // max_side
+        reduced = -(-width // factor) * -(-height // factor)
+        cost += reduced * 4 + _BAND_PIXELS * 32  # the result, and one band's copies
+    return cost
 
 
 def preprocess_file(path: str | os.PathLike[str]) -> np.ndarray:
@@ -182,6 +255,144 @@ def _read_limited(p: Path) -> bytes:
     if len(data) > MAX_FILE_BYTES:
         raise ImageError(f"{p}: file is larger than the limit of {MAX_FILE_BYTES // 2**20} MiB")
     return data
+
+
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+"""Bytes a pixel of each mode takes in Pillow's memory; every other mode takes 4."""
+
+_BAND_PIXELS = 1 << 20  # reduction works on bands of rows holding about this many pixels
+
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}  # EXIF orientation -> the transposition that makes the picture upright (as ImageOps)
+
+
+def _is_jpeg(img: Image.Image) -> bool:
+    return img.format in ("JPEG", "MPO")
+
+
+def _exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright); 1 when the EXIF block is missing or broken."""
+    try:
+        return int(img.getexif().get(0x0112, 1))
+    except Exception:
+        return 1
+
+
+def _jpeg_draft_scale(size: tuple[int, int], max_side: int) -> int:
+    """The DCT scale Pillow's ``draft(mode, (max_side, max_side))`` picks: 1, 2, 4 or 8."""
+    scale = min(size[0] // max_side, size[1] // max_side)
+    return next(s for s in (8, 4, 2, 1) if scale >= s)
+
+
+def _jpeg_later_scans(img: Image.Image) -> bool:
+    """Whether a JPEG has a start-of-scan marker after its first scan's header (a file
+    Pillow has only opened sits just past that header). Entropy-coded data cannot hold
+    the bytes FF DA, so any later ones are another scan, or a second picture after the
+    end of this one; either way libjpeg is assumed to buffer the whole image. True when
+    the data cannot be read."""
+    stream = getattr(img, "fp", None)
+    if stream is None:
+        return True
+    try:
+        start = stream.tell()
+        try:
+            previous = b""
+            while chunk := stream.read(1 << 20):
+                if b"\xff\xda" in previous[-1:] + chunk:
+                    return True
+                previous = chunk
+            return False
+        finally:
+            stream.seek(start)
+    except Exception:
+        return True
+
+
+def _jpeg_coefficient_bytes(img: Image.Image) -> int:
+    """libjpeg's whole-image coefficient buffers: 2 bytes per coefficient of each component."""
+    width, height = img.size
+    layers = getattr(img, "layer", None) or [(None, 1, 1, None)] * 4
+    h_max = max(layer[1] for layer in layers) or 1
+    v_max = max(layer[2] for layer in layers) or 1
+    total = 0
+    for _, h, v, _ in layers:
+        blocks_x = -(-width * max(h, 1) // (h_max * 8))
+        blocks_y = -(-height * max(v, 1) // (v_max * 8))
+        total += (blocks_x + 1) * (blocks_y + 1) * 64 * 2  # rounded up to whole MCUs
+    return total
+
+
+def _work_mode(img: Image.Image) -> str:
+    """The mode ``_normalize_mode`` would give this image: F, LA, RGBA, L or RGB."""
+    mode = img.mode
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return "F"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        return "LA" if mode in ("LA", "La", "L") else "RGBA"
+    if mode in ("L", "RGB"):
+        return mode
+    return "L" if mode == "1" else "RGB"
+
+
+def _reduce_for_work(img: Image.Image, max_side: int) -> Image.Image:
+    """Box-average an image whose longer side is at least twice ``max_side`` by the
+    integer factor that keeps that side at least ``max_side``, in bands of rows, so no
+    full-size converted copy is ever made. The mode becomes what ``_normalize_mode``
+    gives (high bit depths scaled to 0..1 exactly as it scales them); smaller images
+    come back untouched."""
+    width, height = img.size
+    factor = max(width, height) // max_side
+    if factor < 2:
+        return img
+    mode = _work_mode(img)
+    rows = max(1, _BAND_PIXELS // (width * factor)) * factor
+    out = Image.new(mode, (-(-width // factor), -(-height // factor)))
+    scale = _high_bit_range(img, rows) if mode == "F" else None
+    for top in range(0, height, rows):
+        band = img.crop((0, top, width, min(height, top + rows)))
+        if scale is not None:
+            lo, hi = scale
+            values = _finite_values(band)
+            values -= lo
+            values /= max(hi - lo, 1e-12)
+            np.clip(values, 0.0, 1.0, out=values)
+            band = Image.fromarray(values.astype(np.float32), mode="F")
+        elif band.mode != mode:
+            band = band.convert(mode)
+        out.paste(band.reduce(factor), (0, top // factor))
+    return out
+
+
+def _finite_values(band: Image.Image) -> np.ndarray:
+    """A band's pixels as float64, NaN and infinities zeroed (as ``_normalize_mode`` does)."""
+    values = np.array(band, dtype=np.float64)
+    return np.nan_to_num(values, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _high_bit_range(img: Image.Image, rows: int) -> tuple[float, float]:
+    """The (lo, hi) that ``_normalize_mode`` scales a high-bit-depth image by, band by band."""
+    width, height = img.size
+    lowest, top = math.inf, -math.inf
+    for start in range(0, height, rows):
+        band = _finite_values(img.crop((0, start, width, min(height, start + rows))))
+        lowest, top = min(lowest, float(band.min())), max(top, float(band.max()))
+    lo = min(0.0, lowest)
+    if img.mode == "F" and top <= 1.0:
+        hi = 1.0
+    elif top <= 255.0:
+        hi = 255.0
+    elif top <= 65535.0:
+        hi = 65535.0
+    else:
+        hi = top
+    return lo, hi
 
 
 def _reason(exc: BaseException) -> str:
