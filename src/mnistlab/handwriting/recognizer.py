@@ -97,13 +97,23 @@ class Recognizer:
 
 
 def parse_pixel_array(values: Any, *, field: str = "pixels") -> np.ndarray:
-    """Validate a 28x28 (or flat 784) list of 0..255 values into a uint8 image."""
-    try:
-        array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ImageError(f"{field}: must be numbers in a 28x28 or 784-long array") from None
-    if array.shape not in ((28, 28), (784,)):
-        raise ImageError(f"{field}: expected shape 28x28 or 784 values, got {list(array.shape)}")
+    """Validate a 28x28 (or flat 784) array of 0..255 numbers into a uint8 image.
+
+    ``values`` is nested lists (as JSON gives) or a numeric numpy array. Every value
+    must be a real number: strings ("12"), booleans and null are refused, naming the
+    field and the position, rather than converted the way ``np.asarray`` would."""
+    if isinstance(values, np.ndarray):
+        if values.dtype == np.bool_ or not np.issubdtype(values.dtype, np.number):
+            raise ImageError(f"{field}: must be numbers, got an array of {values.dtype}")
+        if np.iscomplexobj(values):
+            raise ImageError(f"{field}: must be real numbers, got an array of {values.dtype}")
+        if values.shape not in ((28, 28), (784,)):
+            raise ImageError(
+                f"{field}: expected shape 28x28 or 784 values, got {list(values.shape)}"
+            )
+        array = values.astype(np.float64)
+    else:
+        array = _number_grid(values, field)
     if not np.all(np.isfinite(array)):
         raise ImageError(f"{field}: values must be finite numbers")
     if array.min() < 0 or array.max() > 255:
@@ -111,3 +121,51 @@ def parse_pixel_array(values: Any, *, field: str = "pixels") -> np.ndarray:
             f"{field}: values must lie in 0..255, got {array.min():g}..{array.max():g}"
         )
     return np.rint(array).astype(np.uint8).reshape(28, 28)
+
+
+def _number_grid(values: Any, field: str) -> np.ndarray:
+    """784 numbers or 28 rows of 28 numbers (lists or tuples) as a float64 array."""
+    if not isinstance(values, (list, tuple)):
+        raise ImageError(
+            f"{field}: must be numbers in a 28x28 or 784-long array, got {_describe(values)}"
+        )
+    if len(values) == 28 and all(isinstance(row, (list, tuple)) for row in values):
+        lengths = {len(row) for row in values}
+        if lengths != {28}:
+            got = f"[28, {lengths.pop()}]" if len(lengths) == 1 else "rows of different lengths"
+            raise ImageError(f"{field}: expected shape 28x28 or 784 values, got {got}")
+        flat = [v for row in values for v in row]
+        where = lambda k: f"{field}[{k // 28}][{k % 28}]"  # noqa: E731
+    elif len(values) == 784:
+        flat = list(values)
+        where = lambda k: f"{field}[{k}]"  # noqa: E731
+    else:
+        shape = [len(values)]
+        if values and isinstance(values[0], (list, tuple)):
+            shape.append(len(values[0]))
+        raise ImageError(f"{field}: expected shape 28x28 or 784 values, got {shape}")
+    for k, value in enumerate(flat):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, (int, float, np.integer, np.floating)
+        ):
+            raise ImageError(f"{where(k)}: pixel values must be numbers, got {_describe(value)}")
+        if isinstance(value, int) and not 0 <= value <= 255:  # also ints too big for a float
+            shown = value if abs(value) < 10**15 else "a huge integer"
+            raise ImageError(f"{where(k)}: values must lie in 0..255, got {shown}")
+    return np.array(flat, dtype=np.float64)
+
+
+def _describe(value: Any) -> str:
+    """A short description of a JSON value for an error message."""
+    if value is None:
+        return "null"
+    if isinstance(value, (bool, np.bool_)):
+        return f"the boolean {str(bool(value)).lower()}"
+    if isinstance(value, str):
+        text = value if len(value) <= 20 else value[:20] + "..."
+        return f"the string {text!r}"
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)}"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
