@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 from datetime import datetime
@@ -17,7 +18,7 @@ from PIL import Image
 
 from mnistlab import Sequential, cli
 from mnistlab.engines import load_model
-from mnistlab.errors import ModelFileError
+from mnistlab.errors import MnistlabError, ModelFileError
 from mnistlab.nn import Conv2D, Dense, Flatten
 from mnistlab.reporting import runs
 from mnistlab.training import History
@@ -308,3 +309,119 @@ def test_eval_cli_bad_model_is_a_clear_error(
     assert {"missing": "no such model file", "directory": "directory",
             "garbage": "safetensors", "wide": "28x28"}[problem] in err
     assert not (tmp_path / "out").exists()  # nothing written for a model that cannot run
+
+
+# ------------------------------------------------------------- one run per directory
+
+
+HOLD_LOCK = """
+import sys
+from mnistlab.reporting.runs import locked_run_dir
+with locked_run_dir(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.read()  # until the test closes stdin
+"""
+
+
+def test_a_second_run_in_the_same_directory_refuses_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: two `mnistlab train --out D` at once both exited 0 and left D mixed (config from
+    one, history and model from the other), and `--resume D` then succeeded."""
+    import subprocess
+    import sys
+    import time
+
+    from mnistlab.experiments.runner import train_recipe
+
+    run_dir = tmp_path / "run"
+    train_recipe("softmax-regression", {"limit": "300", "epochs": "1", "test_limit": "200"},
+                 out=run_dir, verbose=0)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    assert "checkpoint.safetensors" in before and runs.LOCK not in before  # released
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        for argv in (["train", "--recipe", "softmax-regression", "--set", "limit=300",
+                      "--epochs", "1", "--out", str(run_dir), "--quiet"],
+                     ["train", "--resume", str(run_dir), "--quiet"]):
+            started = time.perf_counter()
+            assert cli.main(argv) == 1
+            assert time.perf_counter() - started < 5  # at once, not after training
+            err = capsys.readouterr().err
+            assert err == (f"mnistlab: error: {run_dir} is in use by another run "
+                           f"(pid {holder.pid})\n"), err
+        with pytest.raises(MnistlabError, match=f"pid {holder.pid}"), \
+                runs.locked_run_dir(run_dir):
+            pass
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    after = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    assert after == before  # nothing of the refused runs was written, the lock file is gone
+    with runs.locked_run_dir(run_dir):  # the holder has exited: the directory is free again
+        assert (run_dir / runs.LOCK).read_text() == f"{os.getpid()}\n"
+
+
+def test_the_lock_is_exclusive_within_one_process_too(tmp_path: Path) -> None:
+    in_use = rf"in use by another run \(pid {os.getpid()}\)"
+    with runs.locked_run_dir(tmp_path), pytest.raises(MnistlabError, match=in_use), \
+            runs.locked_run_dir(tmp_path):
+        pass
+    assert not (tmp_path / runs.LOCK).exists()
+
+
+def test_a_killed_run_leaves_no_lock_behind(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import os, signal, sys\nfrom mnistlab.reporting.runs import locked_run_dir\n"
+            "with locked_run_dir(sys.argv[1]):\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=False)
+    assert done.returncode == -signal.SIGKILL
+    assert (tmp_path / runs.LOCK).exists()  # left behind, but no longer locked
+    with runs.locked_run_dir(tmp_path):
+        pass
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from mnistlab.atomic import atomic_writer
+with atomic_writer(sys.argv[1]) as handle:
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_temporaries_of_killed_writers_are_cleaned_on_the_next_run(tmp_path: Path) -> None:
+    """Before: a killed run left 0-byte `.learning_curves.png.XXXX.tmp` files for good."""
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    subprocess.run([sys.executable, "-c", KILLED_WRITER, str(run_dir / "learning_curves.png")],
+                   check=False)
+    (killed,) = run_dir.iterdir()
+    assert killed.name.startswith(".learning_curves.png.") and killed.stat().st_size == 0
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        mine = run_dir / f".metrics.json.{os.getpid()}.abcd_123.tmp"  # a live writer: this one
+        alive = run_dir / f".digits.png.{sleeper.pid}.abcdefgh.tmp"  # another live process's
+        old = run_dir / ".report.md.zyxwvuts.tmp"  # no pid in the name, two hours old
+        recent = run_dir / ".history.csv.qwertyui.tmp"  # no pid, just written
+        unrelated = run_dir / ".notes.tmp"
+        for path in (mine, alive, old, recent, unrelated):
+            path.touch()
+        os.utime(old, (time.time() - 7200, time.time() - 7200))
+        (run_dir / f".config.json.{os.getpid() + 10**9}.aaaaaaaa").mkdir()  # not a file
+        with runs.locked_run_dir(run_dir):
+            left = {p.name for p in run_dir.iterdir()}
+        assert killed.name not in left and old.name not in left
+        assert {mine.name, alive.name, recent.name, unrelated.name} <= left
+    finally:
+        sleeper.kill()
+        sleeper.wait()

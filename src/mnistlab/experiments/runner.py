@@ -27,6 +27,7 @@ from mnistlab.experiments.recipes import Context, get_recipe, resolve_config
 from mnistlab.reporting.runs import (
     evaluate_model,
     first_layer_kernel,
+    locked_run_dir,
     new_run_dir,
     write_config,
     write_evaluation,
@@ -68,21 +69,22 @@ def train_recipe(
     config = resolve_config(recipe, overrides or {})
     run_dir = out or new_run_dir(recipe.name, runs_root)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(
-        run_dir,
-        {
-            "recipe": recipe.name,
-            "title": recipe.title,
-            "reference": recipe.reference,
-            "dataset": dataset,
-            "engine": engine,
-            "device": device,
-            "config": config,
-            "mnistlab": __version__,
-            "python": platform.python_version(),
-        },
-    )
-    return _run(run_dir, resume=False, verbose=verbose)
+    with locked_run_dir(run_dir):  # held until the run ends: a second run refuses at once
+        write_config(
+            run_dir,
+            {
+                "recipe": recipe.name,
+                "title": recipe.title,
+                "reference": recipe.reference,
+                "dataset": dataset,
+                "engine": engine,
+                "device": device,
+                "config": config,
+                "mnistlab": __version__,
+                "python": platform.python_version(),
+            },
+        )
+        return _run(run_dir, resume=False, verbose=verbose)
 
 
 def resume_run(run_dir: Path, *, verbose: int = 1) -> RunResult:
@@ -91,7 +93,8 @@ def resume_run(run_dir: Path, *, verbose: int = 1) -> RunResult:
         raise MnistlabError(f"{run_dir}: not a run directory (no config.json)")
     if not (run_dir / CHECKPOINT).exists():
         raise MnistlabError(f"{run_dir}: no checkpoint to resume from ({CHECKPOINT})")
-    return _run(run_dir, resume=True, verbose=verbose)
+    with locked_run_dir(run_dir):
+        return _run(run_dir, resume=True, verbose=verbose)
 
 
 def _run(run_dir: Path, *, resume: bool, verbose: int) -> RunResult:

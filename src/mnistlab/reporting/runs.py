@@ -12,11 +12,13 @@ to look at afterwards, in one folder.
       report.md              all of it on one page              (write_report)
 
 Every file is written atomically (``mnistlab.atomic``), so a reader never sees half of
-one; JSON is strict (``allow_nan=False``: NaN and infinities become ``null``).
+one; JSON is strict (``allow_nan=False``: NaN and infinities become ``null``). A run holds
+``locked_run_dir`` for as long as it writes, so two runs never share a directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
@@ -25,7 +27,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -33,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from mnistlab.atomic import atomic_write_text
+from mnistlab.atomic import atomic_write_text, clean_stale_temporaries
 from mnistlab.datasets import scale_pixels
-from mnistlab.errors import ModelFileError
+from mnistlab.errors import MnistlabError, ModelFileError
 from mnistlab.reporting import plots
 from mnistlab.reporting.metrics import (
     Misclassification,
@@ -49,6 +51,7 @@ __all__ = [
     "CONFIG",
     "HISTORY_CSV",
     "HISTORY_JSON",
+    "LOCK",
     "METRICS",
     "MISCLASSIFIED",
     "REPORT",
@@ -57,6 +60,7 @@ __all__ = [
     "cross_entropy",
     "evaluate_model",
     "first_layer_kernel",
+    "locked_run_dir",
     "new_run_dir",
     "write_config",
     "write_evaluation",
@@ -78,6 +82,7 @@ RANDOM_MISTAKES_PNG = "misclassified_random.png"
 WEIGHTS_PNG = "first_layer_weights.png"
 DIGITS_PNG = "digits.png"
 REPORT = "report.md"
+LOCK = ".lock"  # held (flock) by the run writing the directory; holds its pid
 
 IMAGE_PIXELS = 28 * 28
 GRID_COUNT = 25  # digits per picture
@@ -113,6 +118,64 @@ def new_run_dir(name: str, root: PathLike = Path("runs"), *, now: datetime | Non
             continue
         return candidate
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextlib.contextmanager
+def locked_run_dir(run_dir: PathLike) -> Iterator[Path]:
+    """Hold ``run_dir`` for one run: an exclusive ``flock`` on ``run_dir/.lock`` for the whole
+    block, so that a second run (another process, or this one) refuses at once with
+    ``MnistlabError: <dir> is in use by another run (pid N)`` instead of mixing its files
+    with the first's. On entry, temporaries that killed writers left there are removed
+    (``atomic.clean_stale_temporaries``); on exit the lock file is removed. The kernel drops
+    the lock when its process dies, however it dies, so a killed run never blocks the next.
+    Without ``fcntl`` (Windows) the block runs unlocked.
+    """
+    run_dir = Path(run_dir)
+    fd = _lock(run_dir)
+    try:
+        clean_stale_temporaries(run_dir)
+        yield run_dir
+    finally:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(run_dir / LOCK)  # while still holding it: see _lock
+            os.close(fd)
+
+
+def _lock(run_dir: Path) -> int | None:
+    """The descriptor of ``run_dir/.lock``, exclusively locked and holding this pid."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    path = run_dir / LOCK
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    for _attempt in range(100):
+        try:
+            fd = os.open(path, flags, 0o644)
+        except OSError as exc:
+            raise MnistlabError(f"{run_dir}: cannot lock the run directory "
+                                f"({exc.strerror or exc})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise MnistlabError(f"{run_dir} is in use by another run (pid "
+                                f"{holder if holder.isdigit() else 'unknown'})") from None
+        # The run before may have removed the file between our open and our lock: then we hold
+        # a lock on a file nobody else will open, and must lock the one now at the path.
+        try:
+            current = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            current = None
+        if current is not None and os.path.samestat(current, os.fstat(fd)):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)
+    raise MnistlabError(f"{run_dir}: cannot lock the run directory (its lock file keeps "
+                        "changing)")
 
 
 def write_config(run_dir: PathLike, config: Mapping[str, Any]) -> Path:
