@@ -8,6 +8,7 @@ whole file runs in seconds; a real bug still shows its traceback (the last test)
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -318,6 +319,16 @@ def test_bench_with_a_missing_or_broken_weight_file(tmp_path, capsys):
     broken.write_bytes(b"hello")
     line = one_error_line(["bench", "inference", "--weights", str(broken)], capsys)
     assert_names(line, f"--weights {broken}", "pickle")
+
+
+def test_serve_on_a_port_in_use(capsys):
+    pytest.importorskip("uvicorn")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = one_error_line(["serve", "--port", str(port)], capsys)
+    assert_names(line, f"--port {port}", "cannot listen on 127.0.0.1")
 
 
 @pytest.mark.parametrize(

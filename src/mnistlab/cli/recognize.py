@@ -93,11 +93,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"serving needs the serve extra ({error.name} is missing): "
             "pip install 'mnistlab[serve]'"
         ) from error
+    check_address(args.host, args.port)
     with about("--model" if args.model else None):
         app = create_app(args.model)
     print(f"mnistlab: draw a digit at http://{args.host}:{args.port}/  (API docs at /docs)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def check_address(host: str, port: int) -> None:
+    """--host and --port: a name that resolves and an address free to listen on (checked
+    here so that a taken port is one line, not the server's own log and exit status 3)."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as error:
+        raise MnistlabError(f"--host {host}: cannot be resolved ({error})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise MnistlabError(
+                f"--port {port}: cannot listen on {host}:{port} ({error.strerror or error})"
+            ) from None
 
 
 def _load(path: Path):
