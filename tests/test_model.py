@@ -203,14 +203,14 @@ def test_softmax_with_cross_entropy_uses_the_fused_gradient() -> None:
     for last in ([Dense(3, "softmax")], [Dense(3), Activation("softmax")]):
         model = Sequential(last, input_shape=(2,))
         model.compile("sgd", "categorical_crossentropy")
-        assert model.fused
+        assert model.loss_path == "logits"
     model.compile("sgd", "mse")
-    assert not model.fused
+    assert model.loss_path == "outputs"
     sigmoid_out = Sequential([Dense(3, "sigmoid")], input_shape=(2,))
     sigmoid_out.compile("sgd", "sigmoid_crossentropy_sum")
-    assert sigmoid_out.gradient_from_logits and not sigmoid_out.fused
+    assert sigmoid_out.loss_path == "gradient_at_logits"
     sigmoid_out.compile("sgd", "binary_crossentropy_sum")
-    assert not sigmoid_out.gradient_from_logits
+    assert sigmoid_out.loss_path == "outputs"
 
 
 def test_a_diverging_run_stops_with_the_epoch_and_step_and_keeps_good_weights() -> None:
@@ -282,12 +282,18 @@ def test_the_rich_progress_bar_is_used_on_a_terminal(monkeypatch) -> None:
         def isatty(self) -> bool:
             return True
 
-    monkeypatch.setattr("sys.stdout", Terminal())
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stdout", terminal)
+    monkeypatch.setenv("COLUMNS", "200")  # wide enough for the whole line
     x, y = blobs(60)
     model = Sequential([Dense(3, "softmax", input_shape=(2,))], seed=0)
     model.compile("adam", "sparse_categorical_crossentropy")
     history = model.fit(x, y, epochs=2, batch_size=20, validation_data=(x, y), verbose=1)
     assert len(history.epoch) == 2
+    shown = terminal.getvalue()
+    assert "Epoch 1/2" in shown and "Epoch 2/2" in shown and "━" in shown  # rich's bar
+    assert "\x1b[" in shown  # drawn with terminal control codes, redrawn in place
+    assert " - 3/3 - " not in shown  # not the plain one-line-per-epoch report
 
 
 # --- callbacks ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from threadpoolctl import threadpool_info
 
 from mnistlab import Sequential
 from mnistlab.engines import numpy as model_module
+from mnistlab.nn import parallel
 from mnistlab.nn import Conv2D, Dense, Dropout, Flatten, MaxPooling2D
 from mnistlab.nn.parallel import run_each, single_threaded_blas
 
@@ -35,11 +36,18 @@ def test_predict_on_any_number_of_threads_gives_what_one_forward_gives(
     model, x = small_cnn("float64"), images(1000)
     expected = model.forward(x)  # the whole batch at once, on this thread
     monkeypatch.setenv("MNISTLAB_NUM_THREADS", threads)
-    monkeypatch.setattr(model_module, "MIN_PARALLEL_ROWS", 10)
-    for batch_size in (None, 64, 999):  # chunks that do not divide the rows evenly too
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_ROWS", 10)
+    chunked = []  # each predict must go through the chunk walker, not forward() again
+    walk = parallel.each_chunk
+    monkeypatch.setattr(model_module, "each_chunk",
+                        lambda *args: chunked.append(args[3]) or walk(*args))
+    for batch_size in (64, 999, None):  # chunks that do not divide the rows evenly too
+        if batch_size is None and threads == "1":
+            continue  # one thread, one automatic chunk: that is forward() itself
         out = model.predict(x, batch_size=batch_size)
         assert out.dtype == np.float64 and out.shape == (1000, 10)
         np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-15)  # row for row
+    assert chunked[:2] == [64, 999]
 
 
 @pytest.mark.parametrize("loss", ["categorical_crossentropy", "binary_crossentropy_sum", "mse"])
@@ -49,10 +57,10 @@ def test_evaluate_on_any_number_of_threads_gives_what_one_pass_gives(
     model, x = small_cnn("float64"), images(1000)
     labels = np.random.default_rng(2).integers(0, 10, 1000)
     model.compile("sgd", loss)
-    value, out = model._forward_loss(model.prepare_input(x), labels, training=False)  # one pass
+    value, out = model.forward_loss(model.prepare_input(x), labels, training=False)  # one pass
     accuracy = np.mean(out.argmax(1) == labels)
     monkeypatch.setenv("MNISTLAB_NUM_THREADS", threads)
-    monkeypatch.setattr(model_module, "MIN_PARALLEL_ROWS", 10)
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_ROWS", 10)
     for batch_size in (None, 64, 999):
         got_loss, got_accuracy = model.evaluate(x, labels, batch_size=batch_size)
         assert got_loss == pytest.approx(value, rel=1e-12)  # a mean, or a sum ("_sum")
@@ -62,7 +70,7 @@ def test_evaluate_on_any_number_of_threads_gives_what_one_pass_gives(
 def test_evaluate_names_inputs_and_labels_that_do_not_pair_up() -> None:
     model = small_cnn()
     model.compile("sgd", "categorical_crossentropy")
-    with pytest.raises(ValueError, match="1000 inputs but 999 labels"):
+    with pytest.raises(ValueError, match="1000 inputs and 999 labels"):
         model.evaluate(images(1000), np.zeros(999, dtype=int))
     with pytest.raises(ValueError, match="no inputs"):
         model.evaluate(images(0), np.zeros(0, dtype=int))
@@ -110,7 +118,7 @@ def test_two_threads_predicting_at_once_both_get_their_outputs_and_blas_is_resto
     x = [images(600), images(800)[::-1].copy()]
     expected = [model.forward(xi) for xi in x]
     monkeypatch.setenv("MNISTLAB_NUM_THREADS", "2")
-    monkeypatch.setattr(model_module, "MIN_PARALLEL_ROWS", 10)
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_ROWS", 10)
     outs: dict[int, np.ndarray] = {}
     callers = [threading.Thread(target=lambda k=k: outs.update({k: model.predict(x[k])}))
                for k in range(2)]
@@ -154,9 +162,9 @@ def test_each_thread_gets_several_chunks_so_a_late_thread_delays_little(
 
     monkeypatch.setattr(Flatten, "forward", spy)
     monkeypatch.setenv("MNISTLAB_NUM_THREADS", "2")
-    monkeypatch.setattr(model_module, "MIN_PARALLEL_ROWS", 10)
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_ROWS", 10)
     model.predict(images(1000))
-    assert len(rows) == 2 * model_module.CHUNKS_PER_THREAD and sum(rows) == 1000
+    assert len(rows) == 2 * parallel.CHUNKS_PER_THREAD and sum(rows) == 1000
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
@@ -168,7 +176,7 @@ def test_a_forked_child_predicts_in_parallel_with_threads_of_its_own(
 
     model, x = small_cnn(), images(600)
     monkeypatch.setenv("MNISTLAB_NUM_THREADS", "2")
-    monkeypatch.setattr(model_module, "MIN_PARALLEL_ROWS", 10)
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_ROWS", 10)
     expected = model.predict(x)  # the parent's pool thread now exists
     read, write = os.pipe()
     pid = os.fork()

@@ -182,7 +182,7 @@ def test_loss_and_gradients_match_numpy(output, units, loss, labels):
     ref = mlp(output, units)
     ref.compile("sgd", loss)
     model = to_torch(ref)
-    assert model.fused == ref.fused
+    assert model.loss_path == ref.loss_path
     ref_loss, ref_grads = ref.loss_and_grads(x, y)
     loss_value, grads = model.loss_and_grads(x, y)
     assert loss_value == pytest.approx(ref_loss, rel=FWD, abs=FWD)

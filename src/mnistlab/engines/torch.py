@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import math
 import os
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import numpy as np
@@ -46,7 +46,8 @@ except ImportError as exc:  # torch is an optional extra
         f"the PyTorch engine needs torch, which is not installed here: {TORCH_HINT}"
     ) from exc
 
-from mnistlab.engines.numpy import DTYPES, SPEC_FORMAT, SPEC_VERSION, Sequential, model_from_spec
+from mnistlab.engines.base import SequentialBase
+from mnistlab.engines.numpy import Sequential, model_from_spec
 from mnistlab.errors import TrainingDivergedError
 from mnistlab.nn import layers as np_layers
 from mnistlab.nn.losses import (
@@ -60,7 +61,7 @@ from mnistlab.nn.losses import (
     get_loss,
 )
 from mnistlab.nn.optimizers import SGD, Adam, Momentum, Optimizer, get_optimizer
-from mnistlab.training.loop import History, _Progress, check_batch_size, epoch_order
+from mnistlab.training.loop import Steps
 
 Tensor = torch.Tensor
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -297,6 +298,7 @@ class TorchOptimizer:
         self.torch: torch.optim.Optimizer | None = None
         self.bound_to: nn.Module | None = None  # the network whose parameters it updates
         self._table: list[tuple[str, nn.Parameter, bool]] = []
+        self.params: list[nn.Parameter] = []  # what it updates, in order
         self._pending: dict[str, np.ndarray] | None = None  # set_state before attach
 
     @property
@@ -339,17 +341,24 @@ class TorchOptimizer:
         else:
             self.torch = torch.optim.SGD(params, lr=s.lr, fused=fused)
         self._table, self.bound_to, self._pending = table, net, None
+        self.params = params
         if pending is not None:
             self.set_state(pending)
 
-    def step(self) -> None:
-        """Apply the gradients now in the parameters' ``.grad``."""
+    def step(self, found_inf: Tensor | None = None) -> None:
+        """Apply the gradients now in the parameters' ``.grad``; where ``found_inf`` (a 0-d
+        float tensor on the device) is 1, the fused kernels skip the whole update, state
+        included, without the host waiting for the device to say so."""
         self.iterations += 1
         s = self.spec
         if isinstance(s, Adam):
             self.torch.param_groups[0]["eps"] = s.epsilon / math.sqrt(
                 1.0 - s.beta_2**self.iterations)
-        self.torch.step()
+        self.torch.found_inf = found_inf  # read by torch's fused Adam and SGD, as AMP does
+        try:
+            self.torch.step()
+        finally:
+            self.torch.found_inf = None
 
     def zero_grad(self) -> None:
         self.torch.zero_grad(set_to_none=True)
@@ -407,13 +416,15 @@ def _numpy(t: Tensor, transposed: bool = False) -> np.ndarray:
 
 
 # ---- the model -------------------------------------------------------------------------------
-class TorchSequential:
-    """The NumPy ``Sequential``'s API on PyTorch: compile, fit, evaluate, predict, summary,
-    get_weights/set_weights (NumPy names and layouts), spec, save (mnistlab.engines.io format).
+class TorchSequential(SequentialBase):
+    """The shared ``Sequential`` contract (``engines.base``) on PyTorch.
 
-    Layers are the NumPy layer objects (``mnistlab.nn.Dense`` ...) or come from a spec;
-    they are built by the NumPy engine from ``seed`` and copied in.
+    The layers are the NumPy layer objects (``mnistlab.nn.Dense`` ...): they create the
+    weights from the seed, which are copied into torch modules (``self.net``); from then on
+    the weights live in the torch modules only (the NumPy layers keep their shapes).
     """
+
+    CHUNK_FLOATS = 2**24
 
     def __init__(
         self,
@@ -427,34 +438,17 @@ class TorchSequential:
         device: str | torch.device = "cpu",
         channels_last: bool = False,
     ) -> None:
-        if str(np.dtype(dtype)) not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         self.device = resolve_device(device)
-        self.dtype = np.dtype(dtype)
+        super().__init__(layers, seed=seed, dtype=dtype, input_shape=input_shape,
+                         preprocess=preprocess, name=name)
         self.torch_dtype = TORCH_DTYPES[str(self.dtype)]
-        self.seed, self.name, self.channels_last = seed, name, bool(channels_last)
-        self.input_shape = tuple(input_shape) if input_shape is not None else None
-        self.preprocess = dict(preprocess) if preprocess is not None else {"scale": "unit"}
-        self.configs: list[dict] = []
-        self.loss: Loss | None = None
-        self.optimizer: TorchOptimizer | None = None
-        self.metrics: list[str] = []
-        self.stop_training = False
-        self.built = False
+        self.channels_last = bool(channels_last)
         self.net: SpecNet | None = None
-        for layer in layers or ():
-            self.add(layer)
 
-    def add(self, layer: np_layers.Layer) -> None:
-        """Append a (NumPy) layer; the model is (re)built from its seed on next use."""
-        if not isinstance(layer, np_layers.Layer):
-            raise TypeError(f"expected a mnistlab.nn Layer, got {type(layer).__name__}")
-        if not self.configs and self.input_shape is None and layer.input_shape is not None:
-            self.input_shape = tuple(layer.input_shape)
-        self.configs.append(layer.get_config())
-        self.built = False
+    @property
+    def engine_note(self) -> str:
+        return f"torch on {self.device}, "
 
-    # ---- building ----------------------------------------------------------------------------
     @classmethod
     def from_spec(cls, spec: dict, seed: int | None = 0, device: str | torch.device = "cpu",
                   channels_last: bool = False) -> TorchSequential:
@@ -463,68 +457,51 @@ class TorchSequential:
 
     def build(self, input_shape: Sequence[int] | None = None, seed: int | None = None) -> None:
         """Create all weights (by the NumPy layers, from ``seed``) and the torch modules."""
-        template = Sequential([np_layers.layer_from_config(c) for c in self.configs],
-                              seed=self.seed if seed is None else seed, dtype=str(self.dtype),
-                              input_shape=self.input_shape, preprocess=self.preprocess,
-                              name=self.name)
-        template.build(input_shape)
-        self._adopt(template)
-
-    def _adopt(self, model: Sequential) -> None:
-        """Take layers, shapes and weights from a built NumPy model."""
-        self.seed, self.input_shape = model.seed, tuple(model.input_shape)
-        self.configs = [layer.get_config() for layer in model.layers]
-        self._rows = [(type(layer).__name__,
-                       layer.activation.name if layer.activation is not None else "",
-                       tuple(layer.output_shape)) for layer in model.layers]
-        net = SpecNet([torch_layer(layer, self.torch_dtype) for layer in model.layers])
+        super().build(input_shape, seed)
+        net = SpecNet([torch_layer(layer, self.torch_dtype) for layer in self.layers])
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.net = net.to(self.device)
-        self.built = True
+        for layer in self.layers:  # the torch modules hold the weights now: keep the shapes
+            layer.params = {k: np.broadcast_to(np.zeros((), v.dtype), v.shape)
+                            for k, v in layer.params.items()}
+            layer.grads = {}
 
-    def _ensure_built(self, x: Any = None) -> SpecNet:
-        if not self.built:
-            self.build(None if self.input_shape is not None or x is None else x.shape[1:])
-        return self.net
+    def _make_optimizer(self, optimizer: Any) -> TorchOptimizer:
+        return optimizer if isinstance(optimizer, TorchOptimizer) else TorchOptimizer(optimizer)
 
-    @property
-    def layers(self) -> list[SpecLayer]:
-        return list(self._ensure_built().layers)
-
-    def compile(self, optimizer: str | Optimizer | TorchOptimizer = "adam",
-                loss: str | Loss = "categorical_crossentropy",
-                metrics: Sequence[str] | None = ("accuracy",)) -> None:
-        """Choose optimizer and loss, by NumPy-engine name or object (accuracy is the metric)."""
-        unknown = [m for m in metrics or () if m not in ("accuracy", "acc")]
-        if unknown:
-            raise ValueError(f"unsupported metrics {unknown}; only 'accuracy' is computed")
-        loss = get_loss(loss)
+    def _check_loss(self, loss: Loss) -> None:
         if not isinstance(loss, CategoricalCrossentropy | BinaryCrossentropySum
                           | MeanSquaredError):
             raise ValueError(f"the torch engine has no loss {type(loss).__name__}")
-        self.loss = loss
-        self.optimizer = optimizer if isinstance(optimizer, TorchOptimizer) else \
-            TorchOptimizer(optimizer)
-        self.metrics = ["accuracy"] if metrics else []
 
-    @property
-    def fused(self) -> bool:
-        """True when the output activation is folded into the loss (softmax + CE)."""
-        act = self._rows[-1][1] if self.built else None
-        fusable = self.loss.fused_activation if self.loss is not None else None
-        return act is not None and fusable is not None and act == fusable
+    def _ensure_ready(self) -> SpecNet:
+        self._require_compiled()
+        self._ensure_built()
+        if self.optimizer.bound_to is not self.net:  # new compile, or rebuilt
+            self.optimizer.attach(self._param_table(), self.device, self.net)
+        return self.net
+
+    # ---- weights ---------------------------------------------------------------------------
+    def _param_table(self) -> list[tuple[str, nn.Parameter, bool]]:
+        """(NumPy name, torch parameter, stored transposed?) for every weight, in order."""
+        self._ensure_built()
+        return [(f"{i}.{k}", p, tr) for i, layer in enumerate(self.net.layers)
+                for k, (p, tr) in layer.numpy_params().items()]
+
+    def _read_weights(self) -> dict[str, np.ndarray]:
+        return {name: _numpy(p, tr) for name, p, tr in self._param_table()}
+
+    def _write_weight(self, name: str, value: np.ndarray) -> None:
+        p, tr = next((p, tr) for n, p, tr in self._param_table() if n == name)
+        with torch.no_grad():
+            t = torch.from_numpy(np.ascontiguousarray(value, dtype=self.dtype))
+            p.copy_(t.T if tr else t)
 
     # ---- tensors in, losses out -------------------------------------------------------------
     def as_input(self, x: Any) -> Tensor:
         """``x`` (NumPy or torch, (N, *input_shape)) as a tensor on the device, model dtype."""
-        if not isinstance(x, Tensor):
-            x = np.asarray(x)
-        self._ensure_built(x)
-        if tuple(x.shape[1:]) != self.input_shape:
-            want = ", ".join(map(str, self.input_shape))
-            raise ValueError(f"expected inputs of shape (N, {want}), got {tuple(x.shape)}; "
-                             "reshape them")
+        x = self.checked_input(x if isinstance(x, Tensor) else np.asarray(x))
         if not isinstance(x, Tensor):
             x = np.asarray(x, dtype=self.dtype)
             x = torch.from_numpy(x if x.flags.writeable else x.copy())
@@ -536,14 +513,12 @@ class TorchSequential:
     def as_targets(self, y: Any) -> tuple[Tensor, Tensor]:
         """Labels as (loss target, accuracy target) tensors on the device.
 
-        Loss target: class indices (int64) for fused cross-entropy on integer labels,
+        Loss target: class indices (int64) for cross-entropy from logits on integer labels,
         else targets shaped like the outputs (one-hot for integer labels). Accuracy
         target: class indices, or booleans (t > 0.5) for a single output.
         """
         y = np.asarray(y.cpu() if isinstance(y, Tensor) else y)
-        out_shape = self._rows[-1][2] if self.built else None
-        if out_shape is None:
-            raise RuntimeError("build the model before converting labels")
+        out_shape = self.output_shape
         idx = class_indices(y)
         if out_shape == (1,):
             t = as_targets(y, np.empty((len(y), 1), dtype=self.dtype))
@@ -551,160 +526,97 @@ class TorchSequential:
             return target, target > 0.5
         if idx is not None:
             labels = torch.from_numpy(idx.astype(np.int64)).to(self.device)
-            if self.fused:
+            if self.loss_path == "logits":
                 return labels, labels
-            k = out_shape[-1]
-            return F.one_hot(labels, k).to(self.torch_dtype), labels
+            return F.one_hot(labels, out_shape[-1]).to(self.torch_dtype), labels
         t = as_targets(y, np.empty((len(y), *out_shape), dtype=self.dtype))
         target = torch.from_numpy(np.ascontiguousarray(t)).to(self.device)
         return target, target.argmax(dim=-1)
 
-    def _loss(self, out: Tensor, target: Tensor) -> Tensor:
-        """The compiled loss of ``out`` (logits when fused), as the NumPy engine defines it."""
-        loss = self.loss
-        if isinstance(loss, CategoricalCrossentropy):
-            if self.fused:  # mean over rows of -log softmax(z)[t] (or -sum t log softmax)
-                return F.cross_entropy(out, target)
-            return -(target * torch.log(out + EPS)).sum() / len(out)
-        if isinstance(loss, BinaryCrossentropySum):
-            return -(target * torch.log(out + EPS)
-                     + (1 - target) * torch.log(1 - out + EPS)).sum()
-        return F.mse_loss(out, target)  # mean over all elements
+    def _scores(self, x: Tensor, target: Tensor, acc_target: Tensor,
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        """(loss, what to backprop, rows right) for a batch, the loss met as
+        ``losses.loss_path`` says (the NumPy engine's formulas; all stay on the device)."""
+        path, loss = self.loss_path, self.loss
+        z = self.net(x, logits=path != "outputs")
+        if path == "logits":  # mean over rows of -log softmax(z)[t] (or -sum t log softmax)
+            value = F.cross_entropy(z, target)
+            return value, value, self._correct(z.detach(), acc_target)
+        if path == "gradient_at_logits":  # the course's dL/dz = y - t, summed
+            y = ACTIVATIONS[self.layers[-1].activation.name](z).detach()
+            value = _loss_of_outputs(loss, y, target)
+            return value, (z * (y - target)).sum(), self._correct(y, acc_target)
+        value = _loss_of_outputs(loss, z, target)
+        return value, value, self._correct(z.detach(), acc_target)
 
     def _correct(self, out: Tensor, target: Tensor) -> Tensor:
         """How many rows of ``out`` are right (a 0-d tensor: no sync)."""
         if out.shape[-1] == 1:
-            if self.fused:
-                out = torch.softmax(out, dim=-1)
             return ((out > 0.5) == target).sum()
         return (out.argmax(dim=-1) == target).sum()
 
-    def _step(self, xb: Tensor, tb: Tensor, ab: Tensor) -> tuple[Tensor, Tensor]:
-        """One forward, backward and update; (loss, correct) stay on the device."""
-        out = self.net(xb, logits=self.fused)
-        loss = self._loss(out, tb)
+    def _step(self, xb: Tensor, tb: Tensor, ab: Tensor,
+              found_inf: Tensor) -> tuple[Tensor, Tensor]:
+        """One forward, backward and update; (loss, correct) stay on the device. A loss or
+        gradient that is not finite sets ``found_inf``, and from then on no update applies."""
+        value, surrogate, correct = self._scores(xb, tb, ab)
         self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach(), self._correct(out.detach(), ab)
+        surrogate.backward()
+        value = value.detach()
+        found_inf.logical_or_(~torch.isfinite(value))  # sticky: 1 once a step diverged
+        grads = [p.grad for p in self.optimizer.params if p.grad is not None]
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, self._one)
+        self.optimizer.step(found_inf)
+        return value, correct
 
-    def _ensure_ready(self) -> None:
-        if self.loss is None or self.optimizer is None:
-            raise RuntimeError("call compile(optimizer, loss) first")
-        self._ensure_built()
-        if self.optimizer.bound_to is not self.net:  # new compile, or rebuilt
-            self.optimizer.attach(self._param_table(), self.device, self.net)
+    @property
+    def _one(self) -> Tensor:
+        one = getattr(self, "_one_tensor", None)
+        if one is None or one.device != self.device:
+            one = self._one_tensor = torch.ones((), dtype=torch.float32, device=self.device)
+        return one
 
     def train_step(self, x: Any, y: Any) -> tuple[float, float]:
-        """One update on a batch (NumPy in): (loss, accuracy), like the NumPy engine's."""
-        self._ensure_ready()
+        """One update on a batch (NumPy in): (loss, accuracy), like the NumPy engine's;
+        a non-finite loss or gradient raises TrainingDivergedError and changes no weight."""
+        self._ensure_ready().train()
         xb, (tb, ab) = self.as_input(x), self.as_targets(y)
-        self.net.train()
-        loss, correct = self._step(xb, tb, ab)
+        found_inf = torch.zeros((), dtype=torch.float32, device=self.device)
+        loss, correct = self._step(xb, tb, ab, found_inf)
+        if found_inf.item():
+            self.optimizer.iterations -= 1
+            raise TrainingDivergedError(_divergence(float(loss)))
         return float(loss), float(correct) / len(xb)
 
     def loss_and_grads(self, x: Any, y: Any,
                        training: bool = True) -> tuple[float, dict[str, np.ndarray]]:
         """Forward and backward without updating: (loss, gradients in NumPy names/layouts)."""
-        if self.loss is None:
-            raise RuntimeError("call compile(optimizer, loss) first")
-        xb, (tb, _) = self.as_input(x), self.as_targets(y)
+        self._require_compiled()
+        xb, (tb, ab) = self.as_input(x), self.as_targets(y)
         self.net.train(training)
         self.net.zero_grad(set_to_none=True)
-        loss = self._loss(self.net(xb, logits=self.fused), tb)
-        loss.backward()
+        value, surrogate, _ = self._scores(xb, tb, ab)
+        surrogate.backward()
         grads = {name: _numpy(p.grad, tr) for name, p, tr in self._param_table()}
         self.net.zero_grad(set_to_none=True)
-        return float(loss.detach()), grads
+        return float(value.detach()), grads
 
-    # ---- Keras-style workflow ---------------------------------------------------------------
-    def fit(self, x: Any, y: Any, epochs: int = 1, batch_size: int = 32,
-            validation_data: tuple[Any, Any] | None = None, shuffle: bool = True,
-            seed: int | None = None, verbose: int = 1, callbacks: Sequence[Any] | None = None,
-            log_every: int = 1) -> History:
-        """Train like ``mnistlab.training.fit`` (same History, callbacks, epoch order), with
-        the data converted to device tensors once and read back once per epoch."""
-        batch_size = check_batch_size(batch_size)
+    # ---- fit, evaluate, predict -------------------------------------------------------------
+    @contextmanager
+    def fit_session(self, x: Any, y: Any, *, validation_data: Any, seed: int | None,
+                    batch_size: int) -> Iterator[_FitSession]:
+        """The torch engine's part of ``training.fit``: data on the device once, results
+        read back once an epoch (or when the loop asks), dropout seeded by (seed, epoch)."""
         self._ensure_ready()
-        x_all, (t_all, a_all) = self.as_input(x), self.as_targets(y)
-        if len(x_all) == 0 or len(x_all) != len(t_all):
-            raise ValueError(f"need as many labels as inputs (> 0), got {len(x_all)} and "
-                             f"{len(t_all)}")
-        val = None
-        if validation_data is not None:
-            val = (self.as_input(validation_data[0]), *self.as_targets(validation_data[1]))
-        n, history, callbacks = len(x_all), History(), list(callbacks or ())
-        summed = self.loss.reduction == "sum"
-        steps_per_epoch = math.ceil(n / batch_size)
-        state = {"epoch": 0, "global_step": 0, "epochs": epochs, "batch_size": batch_size,
-                 "steps_per_epoch": steps_per_epoch, "seed": seed, "history": history}
-        per_batch = any(hasattr(cb, "on_batch_end") for cb in callbacks)
         dropout_seed = seed if seed is not None else self.seed
-        self.stop_training = False
-        _call(callbacks, "on_train_begin", self, state)
-        step, window = state["global_step"], []
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices, enabled=dropout_seed is not None), \
-                _Progress(verbose, epochs, steps_per_epoch) as progress:
-            for epoch in range(state["epoch"], epochs):
-                _call(callbacks, "on_epoch_begin", epoch, {})
-                if dropout_seed is not None:  # dropout masks: seeded by (seed, epoch)
-                    torch.manual_seed(int(np.random.SeedSequence([dropout_seed, epoch])
-                                          .generate_state(1)[0]))
-                order = epoch_order(n, epoch, shuffle, seed)
-                order = None if order is None else torch.from_numpy(order).to(self.device)
-                started, last_shown = time.perf_counter(), 0.0
-                losses = torch.zeros(steps_per_epoch, dtype=torch.float64, device=self.device)
-                corrects = torch.zeros(steps_per_epoch, dtype=torch.int64, device=self.device)
-                sizes, logs = [], {}
-                self.net.train()
-                for start in range(0, n, batch_size):
-                    if order is None:  # contiguous slices: views, no copy
-                        sl = slice(start, start + batch_size)
-                        xb, tb, ab = x_all[sl], t_all[sl], a_all[sl]
-                    else:
-                        idx = order[start : start + batch_size]
-                        # index_select: 4x faster than x_all[idx] for a batch of images
-                        xb, tb = x_all.index_select(0, idx), t_all.index_select(0, idx)
-                        ab = tb if a_all is t_all else a_all.index_select(0, idx)
-                    i = len(sizes)
-                    losses[i], corrects[i] = self._step(xb, tb, ab)
-                    sizes.append(len(xb))
-                    step += 1
-                    now = time.perf_counter() - started
-                    if per_batch or (progress.live and now - last_shown > 0.25):
-                        logs = _epoch_logs(losses, corrects, sizes, summed, epoch, step)
-                        progress.batch(epoch, i + 1, logs, now)
-                        last_shown = now
-                        if per_batch:
-                            batch = {"batch_loss": float(losses[i]),
-                                     "batch_accuracy": float(corrects[i]) / len(xb)}
-                            _call(callbacks, "on_batch_end", step,
-                                  {**logs, **batch, "epoch": epoch})
-                    if self.stop_training:
-                        break
-                logs = _epoch_logs(losses, corrects, sizes, summed, epoch, step)
-                history.steps.extend(_windows(losses[: len(sizes)].tolist(), window,
-                                              step - len(sizes), log_every))
-                if val is not None:
-                    v = self._evaluate_tensors(*val)
-                    logs.update(val_loss=v["loss"], val_accuracy=v["accuracy"])
-                history.record_epoch(epoch, logs)
-                progress.epoch_end(epoch, len(sizes), logs, time.perf_counter() - started)
-                state.update(epoch=epoch + 1, global_step=step)
-                _call(callbacks, "on_epoch_end", epoch, logs)
-                if self.stop_training:
-                    break
-        if window:  # the last, partial window of step losses
-            history.steps.append((step, float(np.mean(window))))
-        _call(callbacks, "on_train_end", self, state)
-        return history
+        with torch.random.fork_rng(devices, enabled=dropout_seed is not None):
+            yield _FitSession(self, x, y, validation_data, batch_size, dropout_seed)
 
     def _evaluate_tensors(self, x: Tensor, t: Tensor, a: Tensor,
                           batch_size: int | None = None) -> dict[str, float]:
-        if self.loss is None:
-            raise RuntimeError("call compile(optimizer, loss) first")
-        size = self._chunk_rows(batch_size)
+        self._require_compiled()
+        size = self.chunk_rows(batch_size)
         mean = self.loss.reduction == "mean"
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -712,11 +624,10 @@ class TorchSequential:
         self.net.eval()
         with torch.inference_mode():
             for start in range(0, len(x), size):
-                xb = x[start : start + size]
-                out = self.net(xb, logits=self.fused)
-                loss = self._loss(out, t[start : start + size])
-                total += loss * len(xb) if mean else loss
-                correct += self._correct(out, a[start : start + size])
+                rows = slice(start, start + size)
+                value, _, right = self._scores(x[rows], t[rows], a[rows])
+                total += value * len(x[rows]) if mean else value
+                correct += right
         self.net.train(training)
         loss = float(total) / len(x) if mean else float(total)
         return {"loss": loss, "accuracy": float(correct) / len(x)}
@@ -724,99 +635,21 @@ class TorchSequential:
     def evaluate(self, x: Any, y: Any, batch_size: int | None = None,
                  return_dict: bool = False) -> tuple[float, float] | dict[str, float]:
         """(loss, accuracy) over all of x (or a dict with those keys)."""
-        result = self._evaluate_tensors(self.as_input(x), *self.as_targets(y), batch_size)
+        xt, (t, a) = self.as_input(x), self.as_targets(y)
+        self.check_pairs(xt, t, "evaluate")
+        result = self._evaluate_tensors(xt, t, a, batch_size)
         return result if return_dict else (result["loss"], result["accuracy"])
-
-    def _chunk_rows(self, batch_size: int | None) -> int:
-        """``batch_size`` checked, or the automatic chunk size if it is None."""
-        return self.predict_batch_size() if batch_size is None else check_batch_size(batch_size)
-
-    def predict_batch_size(self) -> int:
-        """Rows per inference chunk: about 16M floats of the largest activation."""
-        self._ensure_built()
-        per_sample = max(math.prod(shape) for *_, shape in self._rows)
-        return max(1, 2**24 // max(per_sample, math.prod(self.input_shape)))
 
     def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
         """Outputs (probabilities after a softmax) for all of ``x``, as a NumPy array."""
         x = self.as_input(x)
-        size = self._chunk_rows(batch_size)
+        size = self.chunk_rows(batch_size)
         training = self.net.training
         self.net.eval()
         with torch.inference_mode():
             out = torch.cat([self.net(x[s : s + size]) for s in range(0, len(x), size)])
         self.net.train(training)
         return out.cpu().numpy()
-
-    def count_params(self) -> int:
-        return sum(p.numel() for p in self._ensure_built().parameters())
-
-    def summary(self, print_fn: Callable[[str], Any] = print) -> int:
-        """Print the NumPy engine's table (layers, output shapes, parameters); return total."""
-        net = self._ensure_built()
-        rows = [("Layer (type)", "Output Shape", "Param #")]
-        for i, ((kind, act, shape), layer) in enumerate(zip(self._rows, net.layers, strict=True)):
-            kind += f", {act}" if act and act != "linear" else ""
-            params = sum(p.numel() for p in layer.parameters())
-            rows.append((f"{i} ({kind})", str((None, *shape)), f"{params:,}"))
-        widths = [max(len(r[c]) for r in rows) + 3 for c in range(3)]
-        line = "".join(cell.ljust(w) for cell, w in zip(rows[0], widths, strict=True))
-        total = self.count_params()
-        print_fn(f'Model: "{self.name}"  (torch on {self.device}, dtype {self.dtype}, '
-                 f"input {(None, *self.input_shape)})")
-        print_fn("_" * len(line))
-        print_fn(line)
-        print_fn("=" * len(line))
-        for row in rows[1:]:
-            print_fn("".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
-        print_fn("=" * len(line))
-        print_fn(f"Total params: {total:,}")
-        print_fn(f"Trainable params: {total:,}")
-        print_fn("Non-trainable params: 0")
-        print_fn("_" * len(line))
-        return total
-
-    # ---- weights and spec ------------------------------------------------------------------
-    def _param_table(self) -> list[tuple[str, nn.Parameter, bool]]:
-        """(NumPy name, torch parameter, stored transposed?) for every weight, in order."""
-        net = self._ensure_built()
-        return [(f"{i}.{k}", p, tr) for i, layer in enumerate(net.layers)
-                for k, (p, tr) in layer.numpy_params().items()]
-
-    def get_weights(self) -> dict[str, np.ndarray]:
-        """Copies of all weights with the NumPy names and layouts ("0.W" is (in, out))."""
-        return {name: _numpy(p, tr) for name, p, tr in self._param_table()}
-
-    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
-        """Copy ``weights`` (NumPy names, shapes and layouts) into the model."""
-        table = self._param_table()
-        names = {name for name, _, _ in table}
-        missing, extra = sorted(names - weights.keys()), sorted(weights.keys() - names)
-        if missing or extra:
-            raise ValueError(f"weight names do not match the model: missing {missing}, "
-                             f"unexpected {extra}")
-        with torch.no_grad():
-            for name, p, tr in table:
-                value = np.asarray(weights[name])
-                want = tuple(p.shape[::-1] if tr else p.shape)
-                if value.shape != want:
-                    raise ValueError(f"weight {name!r} has shape {value.shape}, "
-                                     f"the model needs {want}")
-                value = torch.from_numpy(value.astype(self.dtype, casting="same_kind"))
-                p.copy_(value.T if tr else value)
-
-    def spec(self) -> dict:
-        """The JSON-safe model spec of docs/CONTRACTS.md (the same as the NumPy engine's)."""
-        self._ensure_built()
-        return {"format": SPEC_FORMAT, "version": SPEC_VERSION,
-                "input_shape": list(self.input_shape), "dtype": str(self.dtype),
-                "layers": [dict(c) for c in self.configs], "preprocess": dict(self.preprocess)}
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Save spec and weights with ``mnistlab.engines.io.save_model``: either engine loads it."""
-        from mnistlab.engines.io import save_model
-
-        save_model(self, path)
 
     def to(self, device: str | torch.device) -> TorchSequential:
         """Move the model (and any optimizer state) to ``device``; returns self."""
@@ -828,46 +661,89 @@ class TorchSequential:
         return self
 
     def __repr__(self) -> str:
-        return (f"TorchSequential({self.configs!r}, dtype={str(self.dtype)!r}, "
+        return (f"TorchSequential({self.layers!r}, dtype={str(self.dtype)!r}, "
                 f"device={str(self.device)!r})")
 
 
-def _epoch_logs(losses: Tensor, corrects: Tensor, sizes: list[int], summed: bool,
-                epoch: int, step: int) -> dict[str, float]:
-    """Running {"loss", "accuracy"} of this epoch (one device read); raises on divergence."""
-    k = len(sizes)
-    if k == 0:
-        return {"loss": float("nan"), "accuracy": float("nan")}
-    n = torch.tensor(sizes, dtype=torch.float64, device=losses.device)
-    values = torch.stack([losses[:k].sum(), (losses[:k] * n).sum(), corrects[:k].sum()])
-    total, weighted, correct = values.tolist()
-    if not math.isfinite(total):
-        bad = int(torch.nonzero(~torch.isfinite(losses[:k]))[0])
-        value = float(losses[bad])
-        raise TrainingDivergedError(f"loss became {value} at epoch {epoch + 1}, "
-                                    f"step {step - k + bad + 1}")
-    seen = sum(sizes)
-    return {"loss": total if summed else weighted / seen, "accuracy": correct / seen}
+def _loss_of_outputs(loss: Loss, y: Tensor, t: Tensor) -> Tensor:
+    """The NumPy engine's formula of ``loss`` on outputs ``y`` (not logits)."""
+    if isinstance(loss, CategoricalCrossentropy):
+        return -(t * torch.log(y + EPS)).sum() / len(y)
+    if isinstance(loss, BinaryCrossentropySum):
+        return -(t * torch.log(y + EPS) + (1 - t) * torch.log(1 - y + EPS)).sum()
+    return F.mse_loss(y, t)  # mean over all elements
 
 
-def _windows(losses: list[float], window: list[float], first_step: int,
-             every: int) -> list[tuple[int, float]]:
-    """``training.fit``'s step history: the mean loss of each ``every`` steps. ``window``
-    carries the unfinished window across epochs (it is updated in place)."""
-    points = []
-    for k, loss in enumerate(losses, start=first_step + 1):
-        window.append(loss)
-        if k % every == 0:
-            points.append((k, float(np.mean(window))))
-            window.clear()
-    return points
+def _divergence(loss: float) -> str:
+    if not math.isfinite(loss):
+        return f"loss became {loss}; the weights were left unchanged"
+    return "a gradient became NaN or infinite; the weights were left unchanged"
 
 
-def _call(callbacks: list[Any], hook: str, *args: Any) -> None:
-    for callback in callbacks:
-        method = getattr(callback, hook, None)
-        if method is not None:
-            method(*args)
+class _FitSession:
+    """One fit on the torch engine (see ``training.loop``): every step's loss, rows right
+    and divergence flag stay on the device until ``read``, one transfer for all of them."""
+
+    lazy = True
+
+    def __init__(self, model: TorchSequential, x: Any, y: Any, validation_data: Any,
+                 batch_size: int, dropout_seed: int | None) -> None:
+        self.model, self.dropout_seed = model, dropout_seed
+        self.x, (self.t, self.a) = model.as_input(x), model.as_targets(y)
+        model.check_pairs(self.x, self.t, "fit")
+        self.val = None
+        if validation_data is not None:
+            vx, vy = validation_data
+            self.val = (model.as_input(vx), *model.as_targets(vy))
+        self.n, dev = len(self.x), model.device
+        steps = math.ceil(self.n / batch_size)
+        self.losses = torch.zeros(steps, dtype=torch.float64, device=dev)
+        self.correct = torch.zeros(steps, dtype=torch.float64, device=dev)
+        self.flags = torch.zeros(steps, dtype=torch.float64, device=dev)
+        self.found_inf = torch.zeros((), dtype=torch.float32, device=dev)
+        self.order, self.sizes, self.done, self.read_to = None, [], 0, 0
+
+    def begin_epoch(self, epoch: int, order: np.ndarray | None) -> None:
+        if self.dropout_seed is not None:  # dropout masks: seeded by (seed, epoch)
+            torch.manual_seed(int(np.random.SeedSequence([self.dropout_seed, epoch])
+                                  .generate_state(1)[0]))
+        self.order = None if order is None else torch.from_numpy(order).to(self.model.device)
+        self.sizes, self.done, self.read_to = [], 0, 0
+        self.model.net.train()
+
+    def step(self, start: int, stop: int) -> None:
+        if self.order is None:  # contiguous slices: views, no copy
+            xb, tb, ab = self.x[start:stop], self.t[start:stop], self.a[start:stop]
+        else:
+            idx = self.order[start:stop]
+            # index_select: 4x faster than x[idx] for a batch of images
+            xb, tb = self.x.index_select(0, idx), self.t.index_select(0, idx)
+            ab = tb if self.a is self.t else self.a.index_select(0, idx)
+        i = self.done
+        self.losses[i], self.correct[i] = self.model._step(xb, tb, ab, self.found_inf)
+        self.flags[i] = self.found_inf
+        self.sizes.append(len(xb))
+        self.done += 1
+
+    def read(self) -> Steps:
+        lo, hi = self.read_to, self.done
+        self.read_to = hi
+        if lo == hi:
+            return Steps()
+        losses, correct, flags = torch.stack(
+            [self.losses[lo:hi], self.correct[lo:hi], self.flags[lo:hi]]).tolist()
+        steps = Steps(losses, correct, self.sizes[lo:hi])
+        if any(flags):
+            steps.failed = flags.index(1.0)
+            steps.reason = _divergence(losses[steps.failed])
+            self.model.optimizer.iterations -= hi - lo - steps.failed  # the skipped steps
+        return steps
+
+    def validate(self) -> dict[str, float]:
+        if self.val is None:
+            return {}
+        v = self.model._evaluate_tensors(*self.val)
+        return {"val_loss": v["loss"], "val_accuracy": v["accuracy"]}
 
 
 # ---- conversions ---------------------------------------------------------------------------
@@ -882,10 +758,11 @@ def to_torch(model: Sequential, device: str | torch.device = "cpu",
     """The NumPy ``model`` on torch: same spec and weights; compile settings and
     optimizer state carry over when it was compiled."""
     spec = model.spec()  # builds it if needed
-    out = TorchSequential(seed=model.seed, dtype=spec["dtype"], input_shape=spec["input_shape"],
+    out = TorchSequential([np_layers.layer_from_config(c) for c in spec["layers"]],
+                          seed=model.seed, dtype=spec["dtype"], input_shape=spec["input_shape"],
                           preprocess=spec["preprocess"], name=model.name, device=device,
                           channels_last=channels_last)
-    out._adopt(model)
+    out.set_weights(model.get_weights())
     if model.loss is not None and model.optimizer is not None:
         out.compile(_optimizer_copy(model.optimizer), get_loss(model.loss.name),
                     model.metrics or None)

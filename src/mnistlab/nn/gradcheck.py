@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any as Network
 
 import numpy as np
+
+from mnistlab.nn.network import Network
 
 
 @dataclass
@@ -67,7 +68,7 @@ def gradcheck(model: Network, x: np.ndarray, y: np.ndarray, *, eps: float = 1e-6
 
     def loss_at() -> float:
         rewind()
-        return model._forward_loss(x, y, training)[0]
+        return model.forward_loss(x, y, training)[0]
 
     rewind()
     loss, grads = model.loss_and_grads(x, y, training=training)

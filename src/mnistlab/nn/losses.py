@@ -163,6 +163,28 @@ class MeanSquaredError(Loss):
         return 2.0 * self.diff / self.diff.size
 
 
+LOSS_PATHS = ("logits", "gradient_at_logits", "outputs")
+
+
+def loss_path(loss: Loss, output_activation: str | None) -> str:
+    """How ``loss`` meets an output layer whose activation is ``output_activation``; every
+    engine and the numerical gradients follow this one decision:
+
+    - "logits": the loss is computed from the logits and its gradient taken there
+      (``forward_logits``/``backward_logits``: softmax + cross-entropy);
+    - "gradient_at_logits": the loss from the outputs, its gradient started at the logits
+      by ``backward_logits`` (the course's y - t after a sigmoid);
+    - "outputs": both from the outputs (``forward``/``backward``).
+    """
+    if output_activation is None:
+        return "outputs"
+    if output_activation == loss.fused_activation:
+        return "logits"
+    if output_activation == loss.gradient_activation:
+        return "gradient_at_logits"
+    return "outputs"
+
+
 LOSSES: dict[str, type[Loss]] = {
     "categorical_crossentropy": CategoricalCrossentropy,
     "sparse_categorical_crossentropy": CategoricalCrossentropy,

@@ -49,7 +49,9 @@ from mnistlab.nn.losses import (
     as_targets,
     class_indices,
     get_loss,
+    loss_path,
 )
+from mnistlab.nn.network import Network
 
 __all__ = [
     "COURSE_LOSS",
@@ -62,7 +64,6 @@ __all__ = [
     "train_numerical",
 ]
 
-Network = Any  # TEMP: nn.network.Network
 
 DELTA = 1e-4
 # The course's loss: summed sigmoid binary cross-entropy, -sum(t log(y+1e-7) + (1-t) log(1-y+1e-7)).
@@ -81,12 +82,10 @@ Method = Literal["fast", "naive"]
 
 
 def _fused(model: Network, loss: Loss) -> bool:
-    """True when the loss is computed from the output layer's logits (softmax + cross-entropy),
-    as ``Sequential`` does; numerical gradients must differentiate that same loss."""
+    """True when the loss is computed from the output layer's logits (``losses.loss_path``),
+    as the model computes it; numerical gradients must differentiate that same loss."""
     act = model.layers[-1].activation
-    return (
-        act is not None and loss.fused_activation is not None and act.name == loss.fused_activation
-    )
+    return loss_path(loss, act.name if act is not None else None) == "logits"
 
 
 def _forward_loss(model: Network, x: np.ndarray, t: np.ndarray, loss: Loss) -> float:

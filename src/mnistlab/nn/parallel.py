@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import functools
+import math
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from threadpoolctl import ThreadpoolController
 
@@ -84,3 +86,45 @@ def single_threaded_blas() -> Iterator[None]:
     runs at a time (another thread's waits): each restores the limit it found."""
     with _BLAS_LOCK, _blas_controller().limit(limits=1, user_api="blas"):
         yield
+
+
+MIN_PARALLEL_ROWS = 256  # per thread; fewer rows are not worth a thread hand-off
+CHUNKS_PER_THREAD = 4  # at least, in a parallel predict or evaluate
+
+
+def threads_for(rows: int) -> int:
+    """``default_threads()`` if ``rows`` rows are worth spreading over them, else 1."""
+    threads = default_threads()
+    return threads if rows >= threads * MIN_PARALLEL_ROWS else 1
+
+
+def each_chunk(layers: list[Any], loss: Any, n: int, size: int,
+               visit: Callable[[list[Any], Any, slice], R]) -> list[R]:
+    """[visit(layers, loss, rows) for consecutive ranges of rows covering range(n), each
+    at most ``size``], in the order of the rows.
+
+    With several threads (``threads_for``) each thread takes whole chunks through its own
+    replica of the layers (and copy of the loss, which caches its inputs too) while BLAS
+    keeps each product on one thread: then biases, activations and small products run in
+    parallel too, on chunks that are still in cache, and BLAS has no idle threads spinning
+    on the cores.
+    """
+    threads = threads_for(n)
+    if threads == 1:
+        return [visit(layers, loss, slice(s, s + size)) for s in range(0, n, size)]
+    # as many chunks for every thread, and several: a thread that starts late (its core
+    # busy elsewhere) then leaves the others a few chunks more, not a whole share
+    chunks = threads * max(CHUNKS_PER_THREAD, math.ceil(n / (threads * size)))
+    rows = math.ceil(n / chunks)
+    starts = iter(range(0, n, rows))  # shared: each thread takes the next chunk
+    results: dict[int, R] = {}
+
+    def work(replica: tuple[list[Any], Any]) -> None:
+        for start in starts:
+            results[start] = visit(*replica, slice(start, start + rows))
+
+    replicas = [([layer.replica() for layer in layers], copy.copy(loss))
+                for _ in range(threads)]
+    with single_threaded_blas():
+        run_each(work, replicas)
+    return [results[start] for start in sorted(results)]

@@ -1,4 +1,20 @@
-"""The fit loop: shuffle, train in batches, validate each epoch, report, call callbacks.
+"""The fit loop, one for every engine: shuffle, train in batches, validate, report, call
+callbacks, and stop at the first step that diverges.
+
+An engine takes part through a *fit session* (``model.fit_session(...)``, a context
+manager), which owns the data in the engine's own form (NumPy arrays, or tensors on a
+device) and does only what differs between engines:
+
+    session.n                      # how many training samples
+    session.lazy                   # True: step results stay on the device until read()
+    session.begin_epoch(epoch, order)
+    session.step(start, stop)      # train on rows order[start:stop] (or start:stop)
+    session.read() -> Steps        # the steps since the last read: losses, correct, sizes
+    session.validate() -> dict     # {"val_loss", "val_accuracy"} (or {} without data)
+
+After a step whose loss or update is not finite a session applies no more updates, and
+``read`` says which step it was; the loop then raises TrainingDivergedError naming the
+epoch and step, the weights are the last good ones.
 
 A callback is any object with some of these methods (all optional):
 ``on_train_begin(model, state)``, ``on_epoch_begin(epoch, logs)``,
@@ -14,11 +30,14 @@ import math
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from mnistlab.errors import TrainingDivergedError
+
+LIVE_REFRESH_S = 0.25  # a live progress bar reads a lazy engine's results this often
 
 
 class History:
@@ -41,6 +60,19 @@ class History:
                 "epoch": list(self.epoch), "steps": [list(s) for s in self.steps]}
 
 
+@dataclass
+class Steps:
+    """Results of consecutive training steps, oldest first. ``failed`` is the index (into
+    these lists) of a step whose loss or update was not finite, with ``reason``; that step
+    and any after it changed no weights."""
+
+    losses: list[float] = field(default_factory=list)
+    correct: list[float] = field(default_factory=list)  # rows predicted right, per step
+    sizes: list[int] = field(default_factory=list)
+    failed: int | None = None
+    reason: str = ""
+
+
 def epoch_order(n: int, epoch: int, shuffle: bool, seed: int | None) -> np.ndarray | None:
     """Sample order of one epoch (None: in order). Seeded by (seed, epoch), so a resumed
     run sees the same order as an uninterrupted one."""
@@ -58,68 +90,91 @@ def check_batch_size(batch_size: Any) -> int:
     return int(batch_size)
 
 
-def fit(model: Any, x: np.ndarray, y: np.ndarray, *, epochs: int = 1, batch_size: int = 32,
-        validation_data: tuple[np.ndarray, np.ndarray] | None = None, shuffle: bool = True,
+class _Epoch:
+    """Running totals of one epoch, fed with what sessions read."""
+
+    def __init__(self, summed: bool) -> None:
+        self.summed, self.loss_sum, self.correct, self.seen = summed, 0.0, 0.0, 0
+        self.last_loss = self.last_accuracy = math.nan
+
+    def add(self, loss: float, correct: float, size: int) -> None:
+        self.loss_sum += loss if self.summed else loss * size
+        self.correct += correct
+        self.seen += size
+        self.last_loss, self.last_accuracy = loss, correct / size
+
+    def logs(self) -> dict[str, float]:
+        seen = max(self.seen, 1)
+        return {"loss": self.loss_sum if self.summed else self.loss_sum / seen,
+                "accuracy": self.correct / seen}
+
+
+def fit(model: Any, x: Any, y: Any, *, epochs: int = 1, batch_size: int = 32,
+        validation_data: tuple[Any, Any] | None = None, shuffle: bool = True,
         seed: int | None = None, verbose: int = 1, callbacks: Sequence[Any] | None = None,
         log_every: int = 1) -> History:
-    """Train ``model`` (anything with ``prepare_input``/``train_step``/``evaluate``) on x, y."""
+    """Train ``model`` (anything with ``fit_session``) on x, y; see the module docstring."""
     batch_size = check_batch_size(batch_size)
-    x, y = model.prepare_input(x), np.asarray(y)  # cast to the model's dtype once
-    if len(x) == 0 or len(x) != len(y):
-        raise ValueError(f"need as many labels as inputs (> 0), got {len(x)} and {len(y)}")
-    n, history, callbacks = len(x), History(), list(callbacks or ())
-    summed = getattr(getattr(model, "loss", None), "reduction", "mean") == "sum"
-    state = {"epoch": 0, "global_step": 0, "epochs": epochs, "batch_size": batch_size,
-             "steps_per_epoch": math.ceil(n / batch_size), "seed": seed, "history": history}
-    model.stop_training = False
-    _call(callbacks, "on_train_begin", model, state)
-    step, window = state["global_step"], []
-    x_batch = np.empty((min(batch_size, n), *x.shape[1:]), dtype=x.dtype)  # reused gather buffer
-    with _Progress(verbose, epochs, state["steps_per_epoch"]) as progress:
-        for epoch in range(state["epoch"], epochs):
-            _call(callbacks, "on_epoch_begin", epoch, {})
-            order, started = epoch_order(n, epoch, shuffle, seed), time.perf_counter()
-            seen = loss_sum = correct = batches = 0
-            for start in range(0, n, batch_size):
-                if order is None:  # slices are views: no copy at all
-                    xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-                else:
-                    idx = order[start : start + batch_size]
-                    # mode="clip" (indices are valid anyway) lets take write straight into out
-                    xb = np.take(x, idx, axis=0, out=x_batch[: len(idx)], mode="clip")
-                    yb = y[idx]
-                step, batches, seen = step + 1, batches + 1, seen + len(xb)
-                try:  # train_step refuses non-finite updates; other engines may not
-                    loss, acc = model.train_step(xb, yb)
-                    if not math.isfinite(loss):
-                        raise TrainingDivergedError(f"loss became {loss}")
-                except TrainingDivergedError as error:
-                    where = f"epoch {epoch + 1}, step {step}"
-                    raise TrainingDivergedError(f"{error} ({where})") from None
-                loss_sum += loss if summed else loss * len(xb)
-                correct += acc * len(xb)
+    history, callbacks = History(), list(callbacks or ())
+    per_batch = any(hasattr(cb, "on_batch_end") for cb in callbacks)
+    with model.fit_session(x, y, validation_data=validation_data, seed=seed,
+                           batch_size=batch_size) as session:
+        n = session.n
+        summed = model.loss.reduction == "sum"
+        state = {"epoch": 0, "global_step": 0, "epochs": epochs, "batch_size": batch_size,
+                 "steps_per_epoch": math.ceil(n / batch_size), "seed": seed,
+                 "history": history}
+        model.stop_training = False
+        _call(callbacks, "on_train_begin", model, state)
+        step, window = state["global_step"], []
+
+        def take(totals: _Epoch, epoch: int) -> None:
+            """Fold the steps the session has not reported yet into the totals and history."""
+            steps = session.read()
+            first = step - len(steps.losses) + 1  # the global step of steps.losses[0]
+            for i, (loss, correct, size) in enumerate(
+                    zip(steps.losses, steps.correct, steps.sizes, strict=True)):
+                if i == steps.failed:
+                    raise TrainingDivergedError(
+                        f"{steps.reason} (epoch {epoch + 1}, step {first + i})")
+                totals.add(loss, correct, size)
                 window.append(loss)
-                if step % log_every == 0:
-                    history.steps.append((step, float(np.mean(window))))
+                if (first + i) % log_every == 0:
+                    history.steps.append((first + i, float(np.mean(window))))
                     window.clear()
-                logs = {"loss": loss_sum if summed else loss_sum / seen, "accuracy": correct / seen}
-                progress.batch(epoch, batches, logs, time.perf_counter() - started)
-                _call(callbacks, "on_batch_end", step, {**logs, "batch_loss": loss,
-                                                        "batch_accuracy": acc, "epoch": epoch})
+
+        with _Progress(verbose, epochs, state["steps_per_epoch"]) as progress:
+            for epoch in range(state["epoch"], epochs):
+                _call(callbacks, "on_epoch_begin", epoch, {})
+                session.begin_epoch(epoch, epoch_order(n, epoch, shuffle, seed))
+                totals, started, shown, batches = _Epoch(summed), time.perf_counter(), 0.0, 0
+                for start in range(0, n, batch_size):
+                    session.step(start, start + batch_size)
+                    step, batches = step + 1, batches + 1
+                    now = time.perf_counter() - started
+                    live = progress.live and now - shown > LIVE_REFRESH_S
+                    if not session.lazy or per_batch or live:
+                        take(totals, epoch)
+                        logs = totals.logs()
+                        progress.batch(epoch, batches, logs, now)
+                        shown = now
+                        if per_batch:
+                            _call(callbacks, "on_batch_end", step, {
+                                **logs, "batch_loss": totals.last_loss,
+                                "batch_accuracy": totals.last_accuracy, "epoch": epoch})
+                    if model.stop_training:
+                        break
+                take(totals, epoch)
+                logs = {**totals.logs(), **session.validate()}
+                history.record_epoch(epoch, logs)
+                progress.epoch_end(epoch, batches, logs, time.perf_counter() - started)
+                state.update(epoch=epoch + 1, global_step=step)
+                _call(callbacks, "on_epoch_end", epoch, logs)
                 if model.stop_training:
                     break
-            if validation_data is not None:
-                val = model.evaluate(*validation_data, return_dict=True)
-                logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-            history.record_epoch(epoch, logs)
-            progress.epoch_end(epoch, batches, logs, time.perf_counter() - started)
-            state.update(epoch=epoch + 1, global_step=step)
-            _call(callbacks, "on_epoch_end", epoch, logs)
-            if model.stop_training:
-                break
-    if window:  # the last, partial window of step losses
-        history.steps.append((step, float(np.mean(window))))
-    _call(callbacks, "on_train_end", model, state)
+        if window:  # the last, partial window of step losses
+            history.steps.append((step, float(np.mean(window))))
+        _call(callbacks, "on_train_end", model, state)
     return history
 
 
