@@ -152,18 +152,20 @@ def check_training(
     config = resolve_config(recipe, overrides, options=options)
     if config.get("precision") == "bfloat16" and engine != "torch":
         option = options.get("precision", "--set precision")
-        raise MnistlabError(f"{option}: bfloat16 needs --engine torch (numpy: auto, float32)")
+        raise MnistlabError(
+            f"{option}: bfloat16 needs --engine torch; the numpy engine takes auto or float32"
+        )
     return overrides
 
 
-def _check_device(name: str | None, engine: str) -> None:
+def _check_device(name: str | None, engine: str, option: str = "--device") -> None:
     """--device: a device the engine runs on, and one this machine has."""
     if name is None or name in ("cpu", "auto"):
         return
     if engine != "torch":
         raise MnistlabError(
-            f"--device {name}: the {engine} engine runs on the CPU only; use --engine torch "
-            "(devices: cpu, cuda, cuda:N, auto)"
+            f"{option} {name}: the {engine} engine runs on the CPU only; use --engine torch "
+            f"(devices: {DEVICES})"
         )
     from mnistlab.engines import EngineUnavailableError
     from mnistlab.engines.torch import resolve_device
@@ -171,7 +173,7 @@ def _check_device(name: str | None, engine: str) -> None:
     try:
         resolve_device(name)
     except (EngineUnavailableError, ValueError) as error:
-        raise MnistlabError(f"--device {name}: {error}") from None
+        raise MnistlabError(f"{option} {name}: {error}") from None
 
 
 def _check_resume(args: argparse.Namespace) -> None:
@@ -194,6 +196,11 @@ def _check_resume(args: argparse.Namespace) -> None:
         raise MnistlabError(f"{where}: unknown dataset or engine ({saved['dataset']!r}, "
                             f"{saved['engine']!r}); datasets: {', '.join(DATASETS)}, "
                             f"engines: {', '.join(ENGINES)}")  # fmt: skip
+    try:
+        saved_device = None if saved.get("device") is None else device(str(saved["device"]))
+    except argparse.ArgumentTypeError as error:
+        raise MnistlabError(f"{where} device: {error}") from None
+    _check_device(saved_device, saved["engine"], option=f"{where} device")
     recipe = RECIPES[saved["recipe"]]
     settings = {  # the saved settings, checked as the command line's would be
         key: str(value)
