@@ -85,9 +85,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (the serve extra is installed)
 
-        from mnistlab.serve.app import create_app
+        from mnistlab.serve.app import create_app, run_server
     except ImportError as error:
         raise MnistlabError(
             f"serving needs the serve extra ({error.name} is missing): "
@@ -97,7 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with about("--model" if args.model else None):
         app = create_app(args.model)
     print(f"mnistlab: draw a digit at http://{args.host}:{args.port}/  (API docs at /docs)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    run_server(app, host=args.host, port=args.port)  # uvicorn with the limits of serve.limits
     return 0
 
 

@@ -288,7 +288,7 @@ def _exif_orientation(img: Image.Image) -> int:
 def _jpeg_draft_scale(size: tuple[int, int], max_side: int) -> int:
     """The DCT scale Pillow's ``draft(mode, (max_side, max_side))`` picks: 1, 2, 4 or 8."""
     scale = min(size[0] // max_side, size[1] // max_side)
-    return next(s for s in (8, 4, 2, 1) if scale >= s)
+    return next((s for s in (8, 4, 2) if scale >= s), 1)
 
 
 def _jpeg_later_scans(img: Image.Image) -> bool:

@@ -2,31 +2,64 @@
 
     POST /api/predict   multipart file upload (PNG/JPEG), a raw image/* body, or
                         JSON {"pixels": 28x28 or 784 values in 0..255, "preprocess": false}
-    GET  /api/health    liveness and the model in use
+    GET  /api/health    liveness and the model in use (HEAD too, like every GET)
     GET  /docs          OpenAPI documentation
 
-Every bad request gets a 4xx JSON error ``{"detail": "..."}`` naming the problem.
+Every bad request gets a 4xx JSON error ``{"detail": "..."}`` naming the problem; an
+unexpected failure is a JSON 500. Memory and time are bounded whatever clients send
+(see ``mnistlab.serve.limits``): bodies are capped, spooled to disk and read against a
+deadline; image decodes are admitted against one memory budget.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import tempfile
+import time
 from importlib import resources
-from typing import Any
+from typing import Any, BinaryIO
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import PngImagePlugin
 from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from mnistlab import __version__
 from mnistlab.errors import ImageError
-from mnistlab.handwriting.preprocess import decode_image
-from mnistlab.handwriting.recognizer import Recognizer, parse_pixel_array
+from mnistlab.handwriting.preprocess import (
+    WORK_MAX_SIDE,
+    decode_cost,
+    decode_opened,
+    open_image,
+)
+from mnistlab.handwriting.recognizer import Prediction, Recognizer, parse_pixel_array
+from mnistlab.serve import limits
+from mnistlab.serve.limits import (
+    BODY_GRACE_S,
+    BODY_MIN_RATE,
+    DECODE_BUDGET_BYTES,
+    DRAIN_BYTES,
+    HEADER_TIMEOUT_S,
+    KEEP_ALIVE_S,
+    MAX_BODY_BYTES,
+    MAX_CONNECTIONS,
+    MAX_JSON_BYTES,
+    OPEN_BYTES,
+    PNG_TEXT_BYTES,
+    PREPROCESS_BYTES_PER_PIXEL,
+    SPOOL_BYTES,
+    DecodeBudget,
+)
 
-MAX_BODY_BYTES = 8 * 1024 * 1024
-"""Largest request body accepted (8 MiB); larger ones get 413 before being read whole."""
+__all__ = ["MAX_BODY_BYTES", "MAX_JSON_BYTES", "create_app", "run_server"]
+
+IMAGE_FORMATS = ("PNG", "JPEG")
+"""What the API decodes: what canvases (PNG) and phones and cameras (JPEG) send."""
 
 PREDICT_BODY_DOC: dict[str, Any] = {
     "requestBody": {
@@ -46,7 +79,7 @@ PREDICT_BODY_DOC: dict[str, Any] = {
                     "type": "object",
                     "properties": {
                         "pixels": {
-                            "description": "28x28 nested list or 784 values, 0..255, "
+                            "description": "28x28 nested list or 784 numbers, 0..255, "
                             "white digit on black",
                             "type": "array",
                         },
@@ -60,56 +93,168 @@ PREDICT_BODY_DOC: dict[str, Any] = {
 }
 
 
-class BodyLimitMiddleware:
-    """Refuse request bodies over ``limit`` bytes with 413, counting as they stream in."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._too_large(send)
-            return
-        received = 0
-
-        async def limited_receive() -> dict:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                raise _BodyTooLarge
-            return message
-
-        try:
-            await self.app(scope, limited_receive, send)
-        except _BodyTooLarge:
-            await self._too_large(send)
-
-    async def _too_large(self, send: Any) -> None:
-        response = JSONResponse(
-            {"detail": f"request body is larger than {self.limit:,} bytes"}, status_code=413
-        )
-        await response({"type": "http"}, None, send)
+# ------------------------------------------------------------------------ middleware
 
 
 class _BodyTooLarge(Exception):
     pass
 
 
-def create_app(model_path: str | os.PathLike[str] | None = None) -> FastAPI:
+class _BodyTimeout(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """Bound every request body in size (413) and in time (408), as it streams in.
+
+    A body over ``limit`` is read and discarded up to ``DRAIN_BYTES`` before the 413 is
+    sent, so clients that write the whole body before reading the answer get it instead
+    of a reset; a client that asked ``Expect: 100-continue`` has sent nothing yet and gets
+    the 413 at once. The body must arrive within ``grace_s`` plus its length (declared,
+    else the limit) at ``min_rate`` bytes a second.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        limit: int,
+        grace_s: float = BODY_GRACE_S,
+        min_rate: float = BODY_MIN_RATE,
+    ) -> None:
+        self.app = app
+        self.limit = limit
+        self.grace_s = grace_s
+        self.min_rate = min_rate
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared_text = headers.get(b"content-length", b"")
+        declared = int(declared_text) if declared_text.isdigit() else None
+        expects_continue = headers.get(b"expect", b"").lower() == b"100-continue"
+        expected = declared if declared is not None else self.limit
+        deadline = time.monotonic() + self.grace_s + min(expected, self.limit) / self.min_rate
+        if declared is not None and declared > self.limit:
+            if not expects_continue and declared <= DRAIN_BYTES:
+                await self._drain(receive, 0, deadline)
+            await self._error(
+                send,
+                413,
+                f"request body is larger than {self.limit:,} bytes",
+                close=expects_continue or declared > DRAIN_BYTES,
+            )
+            return
+        received = 0
+        finished = False
+
+        async def limited_receive() -> dict:
+            nonlocal received, finished
+            if finished:  # the body is in; what follows is a wait for the disconnect
+                return await receive()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _BodyTimeout
+            try:
+                message = await asyncio.wait_for(receive(), remaining)
+            except TimeoutError:
+                raise _BodyTimeout from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                finished = not message.get("more_body", False)
+                if received > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            drained = await self._drain(receive, received, deadline)
+            await self._error(
+                send, 413, f"request body is larger than {self.limit:,} bytes", close=not drained
+            )
+        except _BodyTimeout:
+            await self._error(
+                send,
+                408,
+                f"request body did not arrive in time ({received:,} bytes by the deadline "
+                f"of {self.grace_s:g} s + {self.min_rate / 1024:g} KiB/s)",
+                close=True,
+            )
+        except ClientDisconnect:
+            return  # nobody to answer
+
+    async def _drain(self, receive: Any, received: int, deadline: float) -> bool:
+        """Read and discard the rest of a body, up to DRAIN_BYTES in all and the deadline;
+        True when it was all read (the connection can then be kept)."""
+        while received <= DRAIN_BYTES:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                message = await asyncio.wait_for(receive(), remaining)
+            except TimeoutError:
+                return False
+            if message["type"] != "http.request":
+                return False
+            received += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return True
+        return False
+
+    @staticmethod
+    async def _error(send: Any, status: int, detail: str, *, close: bool) -> None:
+        headers = {"connection": "close"} if close else None
+        response = JSONResponse({"detail": detail}, status_code=status, headers=headers)
+        await response({"type": "http"}, None, send)
+
+
+class HeadAsGetMiddleware:
+    """Answer HEAD like GET without the body (RFC 9110: every GET resource has HEAD);
+    the server keeps the real method, so it sends no body and keeps Content-Length."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_headers_only(message: dict) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_headers_only)
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+def create_app(
+    model_path: str | os.PathLike[str] | None = None,
+    *,
+    decode_budget_bytes: int = DECODE_BUDGET_BYTES,
+    decode_slots: int | None = None,
+    body_grace_s: float = BODY_GRACE_S,
+    body_min_rate: float = BODY_MIN_RATE,
+) -> FastAPI:
     """Build the app around one model (the bundled one by default)."""
+    PngImagePlugin.MAX_TEXT_MEMORY = min(PngImagePlugin.MAX_TEXT_MEMORY, PNG_TEXT_BYTES)
     recognizer = Recognizer.from_path(model_path)
+    budget = DecodeBudget(decode_budget_bytes, decode_slots or limits.decode_slots())
     app = FastAPI(
         title="mnistlab",
         version=__version__,
         description="Recognize handwritten digits: draw one at / or POST to /api/predict.",
     )
-    app.add_middleware(BodyLimitMiddleware, limit=MAX_BODY_BYTES)
+    app.state.decode_budget = budget
+    app.add_middleware(
+        BodyLimitMiddleware, limit=MAX_BODY_BYTES, grace_s=body_grace_s, min_rate=body_min_rate
+    )
+    app.add_middleware(HeadAsGetMiddleware)
     page = (resources.files("mnistlab.serve") / "static" / "index.html").read_text("utf-8")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -126,13 +271,24 @@ def create_app(model_path: str | os.PathLike[str] | None = None) -> FastAPI:
         """Recognize one digit; answers the digit, its ten probabilities and the 28x28 input."""
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == "multipart/form-data":
-            data, name = await _uploaded_file(request)
-            prediction = await run_in_threadpool(_from_image_bytes, recognizer, data, name)
+            form = await _parse_multipart(request)
+            try:
+                upload = form.get("file")
+                if not isinstance(upload, UploadFile):
+                    raise HTTPException(
+                        422, "multipart body needs a 'file' field holding the image"
+                    )
+                name = upload.filename or "upload"
+                prediction = await _recognize_upload(recognizer, budget, upload.file, name)
+            finally:
+                await form.close()
         elif content_type.startswith("image/"):
-            data = await request.body()
-            prediction = await run_in_threadpool(_from_image_bytes, recognizer, data, "body")
+            with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as body:
+                async for chunk in request.stream():
+                    body.write(chunk)
+                prediction = await _recognize_upload(recognizer, budget, body, "body")
         elif content_type == "application/json":
-            pixels, preprocess = _pixels_from_json(await request.body())
+            pixels, preprocess = _pixels_from_json(await _read_json_body(request))
             if preprocess:
                 prediction = await run_in_threadpool(recognizer.recognize_image, pixels, "pixels")
             else:
@@ -149,24 +305,81 @@ def create_app(model_path: str | os.PathLike[str] | None = None) -> FastAPI:
     async def image_error(_: Request, error: ImageError) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=422)
 
+    @app.exception_handler(Exception)
+    async def unexpected_error(_: Request, error: Exception) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"internal server error ({type(error).__name__})"}, status_code=500
+        )
+
     return app
 
 
-async def _uploaded_file(request: Request) -> tuple[bytes, str]:
+class _SmallSpoolParser(MultiPartParser):
+    spool_max_size = SPOOL_BYTES  # uploaded files go to disk past this, not 1 MiB each
+
+
+async def _parse_multipart(request: Request) -> Any:
+    parser = _SmallSpoolParser(
+        request.headers, request.stream(), max_files=1, max_fields=10, max_part_size=SPOOL_BYTES
+    )
     try:
-        form = await request.form(max_files=1, max_fields=10)
+        return await parser.parse()
+    except (_BodyTooLarge, _BodyTimeout, ClientDisconnect):
+        raise  # the body limits answer these (413, 408), not "malformed"
     except Exception as error:  # malformed multipart bodies raise several types
         raise HTTPException(400, f"malformed multipart body: {error}") from error
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
-        raise HTTPException(422, "multipart body needs a 'file' field holding the image")
-    return await upload.read(), upload.filename or "upload"
 
 
-def _from_image_bytes(recognizer: Recognizer, data: bytes, name: str):
-    if not data:
-        raise ImageError(f"{name}: empty body, expected a PNG or JPEG image")
-    return recognizer.recognize_image(decode_image(data, name=name), name=name)
+async def _recognize_upload(
+    recognizer: Recognizer, budget: DecodeBudget, data: BinaryIO, name: str
+) -> Prediction:
+    """Open the image (header only), reserve what decoding it costs, then decode and
+    recognize it in a worker thread."""
+    async with budget.hold(OPEN_BYTES):
+        image, cost = await run_in_threadpool(_open_and_cost, data, name, budget.total_bytes)
+    async with budget.hold(cost):
+        return await run_in_threadpool(_decode_and_recognize, recognizer, image, name)
+
+
+def _open_and_cost(data: BinaryIO, name: str, allowed: int) -> tuple[Any, int]:
+    image = open_image(data, name=name, formats=IMAGE_FORMATS)
+    width, height = image.size
+    shrink = min(1.0, WORK_MAX_SIDE / max(width, height))
+    work_pixels = max(1, round(width * shrink)) * max(1, round(height * shrink))
+    data.seek(0, os.SEEK_END)
+    held = data.tell()  # the header data Pillow keeps (JPEG APP segments) is at most this
+    data.seek(0)
+    cost = decode_cost(image, max_side=WORK_MAX_SIDE) + held
+    cost += work_pixels * PREPROCESS_BYTES_PER_PIXEL
+    if cost > allowed:
+        image.close()
+        raise ImageError(
+            f"{name}: decoding this {width}x{height} {image.format} image would take about "
+            f"{cost / 2**20:.0f} MiB, more than the {allowed / 2**20:.0f} MiB this server "
+            "allows one image (progressive or CMYK JPEGs cost the most); send a smaller "
+            "or baseline JPEG"
+        )
+    return image, cost
+
+
+def _decode_and_recognize(recognizer: Recognizer, image: Any, name: str) -> Prediction:
+    decoded = decode_opened(image, name=name, max_side=WORK_MAX_SIDE)
+    return recognizer.recognize_image(decoded, name=name)
+
+
+async def _read_json_body(request: Request) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_JSON_BYTES:
+            raise HTTPException(
+                413,
+                f"JSON body is larger than {MAX_JSON_BYTES:,} bytes (784 pixel values need "
+                "well under 32 KiB)",
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _pixels_from_json(body: bytes) -> tuple[Any, bool]:
@@ -174,9 +387,85 @@ def _pixels_from_json(body: bytes) -> tuple[Any, bool]:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise HTTPException(400, f"malformed JSON: {error}") from error
+    except RecursionError:
+        raise HTTPException(400, "malformed JSON: nested too deeply") from None
     if not isinstance(payload, dict) or "pixels" not in payload:
         raise HTTPException(422, "JSON body must be an object with a 'pixels' field")
     preprocess = payload.get("preprocess", False)
     if not isinstance(preprocess, bool):
         raise HTTPException(422, "'preprocess' must be true or false")
     return parse_pixel_array(payload["pixels"]), preprocess
+
+
+# ---------------------------------------------------------------------------- serving
+
+
+def run_server(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    header_timeout_s: float = HEADER_TIMEOUT_S,
+    keep_alive_s: float = KEEP_ALIVE_S,
+) -> None:
+    """Serve ``app`` with uvicorn under the limits above: idle keep-alive connections
+    closed after ``keep_alive_s``, a connection that does not complete a request's
+    headers within ``header_timeout_s`` closed, at most ``MAX_CONNECTIONS`` at once."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        http=_protocol_with_header_deadline(header_timeout_s),
+        timeout_keep_alive=keep_alive_s,  # type: ignore[arg-type]  # a float works
+        limit_concurrency=MAX_CONNECTIONS,
+        h11_max_incomplete_event_size=16 * 1024,  # request line + headers
+    )
+    uvicorn.Server(config).run()
+
+
+def _protocol_with_header_deadline(timeout_s: float) -> type:
+    """uvicorn's h11 protocol, plus a deadline for each request's headers (uvicorn has
+    none: a connection that sends half a request line was held open forever)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadlineProtocol(H11Protocol):
+        _deadline_timer: asyncio.TimerHandle | None = None
+        _cycle_at_arming: Any = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._cycle_at_arming = self.cycle
+            self._deadline_timer = self.loop.call_later(timeout_s, self._deadline_passed)
+
+        def _disarm(self) -> None:
+            if self._deadline_timer is not None:
+                self._deadline_timer.cancel()
+                self._deadline_timer = None
+
+        def _deadline_passed(self) -> None:
+            self._deadline_timer = None
+            if self.cycle is self._cycle_at_arming and not self.transport.is_closing():
+                self.transport.close()  # no request started since the timer was set
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self._deadline_timer is not None and self.cycle is not self._cycle_at_arming:
+                self._disarm()  # a request's headers are in
+
+        def on_response_complete(self) -> None:
+            if not self.transport.is_closing():
+                self._arm()
+            super().on_response_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderDeadlineProtocol
