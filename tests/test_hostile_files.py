@@ -31,7 +31,12 @@ def peak_after(code: str, *args: str) -> tuple[float, str]:
     """(peak RSS in MiB, last output line) of ``code`` run in a fresh interpreter."""
     probe = textwrap.dedent(code) + textwrap.dedent("""
         import resource
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        try:  # VmHWM: this process image's own peak (ru_maxrss keeps the forking parent's)
+            with open("/proc/self/status") as status:
+                line = next(x for x in status if x.startswith("VmHWM:"))
+            print(int(line.split()[1]) / 1024)
+        except (OSError, StopIteration):
+            print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     """)
     done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True,
                           timeout=120, check=False)
