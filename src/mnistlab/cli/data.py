@@ -17,6 +17,7 @@ from mnistlab.datasets import (
     load_data,
     read_csv,
     read_idx,
+    verify_cache,
     write_csv,
     write_idx,
 )
@@ -43,6 +44,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info = commands.add_parser("info", help="where a dataset was loaded from, counts, checksums")
     dataset_option(info)
     info.set_defaults(func=cmd_info)
+
+    verify = commands.add_parser(
+        "verify",
+        help="check every byte: each .gz against the registry, each decoded array against "
+        "its CRC-32 (damaged ones are decoded again; exit 1 if any was)",
+    )
+    dataset_option(verify)
+    verify.set_defaults(func=cmd_verify)
 
     show = commands.add_parser("show", help="draw one digit in the terminal with its pixel values")
     show.add_argument("index", type=int, help="image index within the split")
@@ -92,6 +101,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from mnistlab.cli.output import console as make_console
 
     dataset = get_dataset(args.dataset)
+    checks = verify_cache(args.dataset)  # first, so that what is counted below is verified
     infos = dataset_info(args.dataset)
     console = make_console()
     console.print(f"[bold]{dataset.name}[/bold]: {dataset.citation}")
@@ -102,6 +112,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             highlight=False,
             soft_wrap=True,
         )
+    _print_cache_checks(console, checks)
     table = Table(title="examples per class")
     table.add_column("class")
     labelled = [info for info in infos if info.class_counts is not None]
@@ -112,6 +123,40 @@ def cmd_info(args: argparse.Namespace) -> int:
         table.add_row(title, *(f"{info.class_counts[index]:,}" for info in labelled))
     console.print(table)
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from mnistlab.cli.output import console as make_console
+
+    console = make_console()
+    for key, verified in fetch_all(args.dataset).items():
+        console.print(
+            f"  {key:13s} {verified.path}: MD5 of the decompressed content ok",
+            highlight=False,
+            soft_wrap=True,
+        )
+    checks = verify_cache(args.dataset)
+    _print_cache_checks(console, checks)
+    return 1 if any(check.status == "rebuilt" for check in checks) else 0
+
+
+def _print_cache_checks(console, checks) -> None:
+    """One line when every decoded array checked out, else one line per damaged array."""
+    fine = [check for check in checks if check.status != "rebuilt"]
+    console.print(
+        f"  decoded cache: {len(fine)} of {len(checks)} arrays verified byte for byte "
+        "(CRC-32 against their records)",
+        highlight=False,
+    )
+    for check in checks:
+        if check.status == "rebuilt":
+            console.print(
+                f"  decoded cache: {Path(check.path).name}: {check.problem}; "
+                "decoded again from the verified .gz",
+                style="yellow",
+                highlight=False,
+                soft_wrap=True,
+            )
 
 
 def cmd_show(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from mnistlab.datasets.api import (
     scale_pixels,
     scale_to_range,
     scale_to_unit,
+    verify_cache,
 )
 from mnistlab.datasets.csv import read_csv, write_csv
 from mnistlab.datasets.idx import read_idx, write_idx
@@ -33,6 +34,7 @@ __all__ = [
     "scale_pixels",
     "scale_to_range",
     "scale_to_unit",
+    "verify_cache",
     "write_csv",
     "write_idx",
 ]
