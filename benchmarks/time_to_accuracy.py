@@ -257,7 +257,8 @@ def _recipe(name: str, engine: str, piece: Slice, seed: int) -> Result:
     import numpy as np
 
     from mnistlab.datasets import load_data
-    from mnistlab.experiments.recipes import Context, get_recipe, resolve_config
+    from mnistlab.experiments.context import Context
+    from mnistlab.experiments.recipes import get_recipe, resolve_config
 
     class TimedContext(Context):
         data_s = 0.0

@@ -305,6 +305,22 @@ def test_divergence_names_epoch_and_step():
         model.fit(x, np.zeros(20, dtype=int), batch_size=8, shuffle=False, verbose=0)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_diverging_step_and_every_later_one_change_no_weight(optimizer):
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(40, 12)), rng.integers(0, 10, size=40)
+    x[13, 0] = np.nan  # in the second batch of 8; three more batches follow it
+    model, first_batch_only = to_torch(mlp()), to_torch(mlp())
+    for m in (model, first_batch_only):
+        m.compile(optimizer, "sparse_categorical_crossentropy")
+    first_batch_only.fit(x[:8], y[:8], batch_size=8, shuffle=False, verbose=0)
+    with pytest.raises(TrainingDivergedError, match=r"loss became nan.*\(epoch 1, step 2\)"):
+        model.fit(x, y, batch_size=8, shuffle=False, verbose=0)  # read once, at the epoch end
+    for name, w in first_batch_only.get_weights().items():
+        np.testing.assert_array_equal(model.get_weights()[name], w)
+    assert model.optimizer.iterations == 1
+
+
 def test_callbacks_see_batches_and_can_stop():
     class StopAfter3:
         def __init__(self):

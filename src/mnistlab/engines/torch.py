@@ -563,18 +563,14 @@ class TorchSequential(SequentialBase):
         self.optimizer.zero_grad()
         surrogate.backward()
         value = value.detach()
-        found_inf.logical_or_(~torch.isfinite(value))  # sticky: 1 once a step diverged
+        # the step is refused when the loss, a gradient or lr times a gradient (what SGD
+        # subtracts) is not finite, as the NumPy optimizers refuse it; sticky: found_inf
+        # stays 1 once a step diverged. One read of the gradients, no wait for the device.
         grads = [p.grad for p in self.optimizer.params if p.grad is not None]
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, self._one)
+        largest = torch.stack(torch._foreach_norm(grads, math.inf)).max() * self.optimizer.lr
+        found_inf.logical_or_(~torch.isfinite(value)).logical_or_(~torch.isfinite(largest))
         self.optimizer.step(found_inf)
         return value, correct
-
-    @property
-    def _one(self) -> Tensor:
-        one = getattr(self, "_one_tensor", None)
-        if one is None or one.device != self.device:
-            one = self._one_tensor = torch.ones((), dtype=torch.float32, device=self.device)
-        return one
 
     def train_step(self, x: Any, y: Any) -> tuple[float, float]:
         """One update on a batch (NumPy in): (loss, accuracy), like the NumPy engine's;
@@ -677,7 +673,7 @@ def _loss_of_outputs(loss: Loss, y: Tensor, t: Tensor) -> Tensor:
 def _divergence(loss: float) -> str:
     if not math.isfinite(loss):
         return f"loss became {loss}; the weights were left unchanged"
-    return "a gradient became NaN or infinite; the weights were left unchanged"
+    return "an update was not finite (a gradient, or lr times it); the weights were left unchanged"
 
 
 class _FitSession:

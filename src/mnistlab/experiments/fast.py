@@ -44,6 +44,7 @@ import numpy as np
 
 from mnistlab.engines.numpy import Sequential
 from mnistlab.errors import MnistlabError
+from mnistlab.experiments.context import Trained
 from mnistlab.nn import (
     Activation,
     Adam,
@@ -259,8 +260,6 @@ def precision(model: Any, engine: str, setting: str) -> Iterator[str]:
 def fast(ctx: Any) -> Any:
     """One epoch of the fast net: crop 2 - stride-2 conv 16 - conv 32 - pool - dense 192 - 10,
     Adam (0.7, 0.9) at lr 0.01 decaying linearly to 0, batch 128, label smoothing 0.1."""
-    from mnistlab.experiments.recipes import Trained
-
     c = ctx.config
     if ctx.engine == "torch":  # imports before the clocks start: one-off process costs
         import torch._dynamo  # noqa: F401  (the first torch optimizer imports it: ~1 s)

@@ -23,7 +23,8 @@ from mnistlab import __version__
 from mnistlab.atomic import atomic_write_text
 from mnistlab.datasets import get_dataset, load_data
 from mnistlab.errors import MnistlabError, TrainingDivergedError
-from mnistlab.experiments.recipes import Context, get_recipe, resolve_config
+from mnistlab.experiments.context import Context
+from mnistlab.experiments.recipes import get_recipe, resolve_config
 from mnistlab.reporting.runs import (
     evaluate_model,
     first_layer_kernel,
