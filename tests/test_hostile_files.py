@@ -424,3 +424,18 @@ def test_load_legacy_weights_takes_an_open_binary_file(tmp_path: Path) -> None:
         load_legacy_weights(text)
     with pytest.raises(ModelFileError, match="too large"):
         load_legacy_weights(io.BytesIO(bytes(9 * 1024 * 1024)))
+
+
+def test_a_model_outside_the_bounds_is_not_saved(tmp_path: Path) -> None:
+    """mnistlab never writes a file it would refuse to read."""
+    class Huge:
+        def spec(self) -> dict:
+            spec = Sequential([Dense(2, input_shape=(784,))], seed=0).spec()
+            return spec | {"layers": [{"type": "Dense", "units": 70_000}]}
+
+        def get_weights(self) -> dict:
+            raise AssertionError("the spec is checked first")
+
+    with pytest.raises(ModelFileError, match="not saved, the model is outside"):
+        save_model(Huge(), tmp_path / "m.safetensors")
+    assert not (tmp_path / "m.safetensors").exists()

@@ -73,13 +73,21 @@ def weights_digest(weights: dict[str, np.ndarray]) -> str:
 
 def save_model(model: Any, path: str | os.PathLike[str]) -> None:
     """Write ``model`` (either engine's: its ``spec()`` and ``get_weights()``) to ``path``
-    atomically. Refuses non-finite weights: a file never holds a diverged model."""
+    atomically, with the weights' checksum. Refuses non-finite weights (a file never holds a
+    diverged model) and a spec ``validate_spec`` refuses (mnistlab never writes a file it
+    would not read)."""
+    spec = model.spec()
+    try:
+        validate_spec(spec)
+    except ModelFileError as exc:
+        raise ModelFileError(f"{path}: not saved, the model is outside what model files "
+                             f"allow ({exc})") from None
     weights = model.get_weights()
     for name, w in weights.items():
         if not np.isfinite(w).all():
             raise ModelFileError(f"{path}: not saved, weight {name!r} holds NaN or infinite "
                                  "values (the model diverged)")
-    metadata = {SPEC_KEY: json.dumps(model.spec(), sort_keys=True),
+    metadata = {SPEC_KEY: json.dumps(spec, sort_keys=True),
                 DIGEST_KEY: weights_digest(weights)}
     atomic_write_bytes(path, safetensors.numpy.save(weights, metadata=metadata))
 
