@@ -14,15 +14,21 @@ What is the same as the NumPy engine, by construction:
   inside, Dense is ``nn.Linear`` holding W.T;
 - "same" padding is Keras's (the odd pixel goes bottom/right, for any stride), taken
   from the NumPy layer's own computation;
-- losses are the NumPy formulas; softmax + cross-entropy runs fused on the logits
-  (``F.cross_entropy``) exactly where the NumPy model fuses it;
+- losses are the NumPy formulas, met as ``losses.loss_path`` decides for both engines:
+  softmax + cross-entropy on the logits (``F.cross_entropy``), the course's summed sigmoid
+  loss with its gradient y - t started at the logits;
 - Adam follows Keras's formula (epsilon added to sqrt(v) before bias correction);
 - the epoch order is ``training.epoch_order(n, epoch, shuffle, seed)``, so both engines
   see the same batches.
 
-Training keeps the data on the device as tensors for the whole fit: one conversion,
-then each batch is an index into them; losses and accuracy stay on the device and
-are read back once per epoch (or when a live progress bar or a callback asks).
+Training runs in ``training.fit``, the loop the NumPy engine runs too; this engine's fit
+session keeps the data on the device as tensors for the whole fit (one conversion, then
+each batch is an index into them), and each step's loss, rows right and divergence flag
+stay on the device, read back once per epoch (or when a live bar or a callback asks).
+
+One module, though long: the layer modules, the optimizer and the model share the NumPy
+boundary (names, layouts, the transposed Dense weight), and a reader checks that boundary
+in one place; nothing here is imported unless torch is asked for.
 """
 
 from __future__ import annotations
@@ -330,8 +336,10 @@ class TorchOptimizer:
         any state it had (by name)."""
         pending = self.get_state() if self.torch is not None else self._pending
         params = [p for _, p, _ in table]
-        # one fused kernel per step instead of a pass per operation (CPU: ~4x faster)
-        fused = True if device.type in ("cpu", "cuda") else None
+        # one fused kernel per step instead of a pass per operation (CPU: ~4x faster); the
+        # fused kernels also skip a step flagged by found_inf (resolve_device allows only
+        # the CPU and CUDA, where they exist)
+        fused = True
         s = self.spec
         if isinstance(s, Adam):
             self.torch = torch.optim.Adam(params, lr=s.lr, betas=(s.beta_1, s.beta_2),

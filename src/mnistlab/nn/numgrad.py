@@ -25,6 +25,10 @@ Two implementations compute those same differences:
 ``train_numerical`` runs the course's experiment: per-sample SGD where, within each sample,
 parameter groups are updated one after another (W of layer 0, then b of layer 0 with the new
 W, then W of layer 1, ...), logging the loss every ``log_every`` samples.
+
+One module, though long: the naive loop, the fast path and the training loop must compute
+the very same differences of the very same loss, and reading them side by side is how
+one checks that they do (the tests compare them to 1e-8).
 """
 
 from __future__ import annotations
