@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import json
 import multiprocessing
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import SHARED_DATASETS, requires_fashion
-from mnistlab.datasets import fetch, load_data, load_mnist, one_hot, scale_to_range
-from mnistlab.datasets.api import decoded_path
+from mnistlab.datasets import (
+    api,
+    fetch,
+    load_data,
+    load_mnist,
+    one_hot,
+    read_idx,
+    scale_to_range,
+    verify_cache,
+)
+from mnistlab.datasets.api import DecodedCacheWarning, decoded_path, load_array, load_unit_images
 from mnistlab.datasets.registry import DATASETS
 from mnistlab.errors import DatasetNotFoundError
 
@@ -136,8 +147,96 @@ def test_decoded_cache_is_rebuilt_if_unreadable(isolated_home):
     load_data()
     path = decoded_path("mnist", "test_labels")
     path.write_bytes(b"garbage")
-    _, (_, y_test) = load_data()
+    with pytest.warns(DecodedCacheWarning, match="unreadable"):
+        _, (_, y_test) = load_data()
     assert np.bincount(y_test).tolist() == MNIST_TEST_PER_CLASS
+
+
+def _official(name: str) -> np.ndarray:
+    return read_idx(SHARED_DATASETS / "mnist" / name)
+
+
+def _poke(path: Path, index_from_end: int, value: bytes) -> None:
+    """Overwrite bytes of a cached .npy in place, counted from the end of its data."""
+    data = bytearray(path.read_bytes())
+    data[len(data) - index_from_end : len(data) - index_from_end + len(value)] = value
+    path.write_bytes(bytes(data))
+
+
+def _flip_byte(path: Path) -> None:
+    _poke(path, 5000, bytes([path.read_bytes()[-5000] ^ 0x01]))
+
+
+def _labels_200(path: Path) -> None:
+    np.save(path, np.full(10000, 200, np.uint8))
+
+
+def _wrong_shape(path: Path) -> None:
+    np.save(path, np.zeros((9999, 28, 28), np.uint8))
+
+
+def _nan(path: Path) -> None:
+    _poke(path, 4 * 300, np.array([np.nan], np.float32).tobytes())
+
+
+def _no_record(path: Path) -> None:
+    path.with_name(path.name + api.RECORD_SUFFIX).unlink()
+
+
+@pytest.mark.parametrize(
+    ("key", "variant", "damage", "problem"),
+    [
+        pytest.param(
+            "test_images", "raw", _flip_byte, "content changed: CRC-32", id="flipped-byte"
+        ),
+        pytest.param("test_labels", "raw", _labels_200, "content changed", id="labels-200"),
+        pytest.param("test_images", "raw", _wrong_shape, r"\(9999, 28, 28\)", id="wrong-shape"),
+        pytest.param("test_images", "unit", _nan, "content changed", id="nan-in-float-cache"),
+        pytest.param("test_labels", "raw", _no_record, "no digest record", id="record-removed"),
+    ],
+)
+def test_a_damaged_decoded_cache_warns_and_is_decoded_again(
+    isolated_home, key, variant, damage, problem
+):
+    load = load_unit_images if variant == "unit" else load_array
+    good = np.array(load("mnist", key))  # one good load
+    path = decoded_path("mnist", key, variant)
+    damage(path)
+    with pytest.warns(DecodedCacheWarning, match=problem):
+        again = load("mnist", key)
+    np.testing.assert_array_equal(again, good)
+    official = _official(
+        "t10k-images-idx3-ubyte.gz" if key == "test_images" else "t10k-labels-idx1-ubyte.gz"
+    )
+    np.testing.assert_array_equal(again if variant == "raw" else np.rint(again * 255), official)
+    assert np.isfinite(again).all()
+    checks = {(c.key, c.variant): c.status for c in verify_cache("mnist")}  # every byte
+    assert checks[(key, variant)] == "ok"
+
+
+def test_a_byte_flipped_after_the_stamp_is_written_is_still_found(isolated_home, monkeypatch):
+    """The cheap path: a file unchanged since its last full check costs only a stat; any
+    write changes its ctime, so the next load hashes it again."""
+    monkeypatch.setattr(api, "STAMP_SETTLE_S", 0.0)
+    load_array("mnist", "test_images")
+    path = decoded_path("mnist", "test_images")
+    time.sleep(0.05)  # file times tick coarsely: let the full check see an older ctime
+    load_array("mnist", "test_images")  # full check; writes the stamp
+    record = json.loads(path.with_name(path.name + api.RECORD_SUFFIX).read_text())
+    assert record["stamp"][2] == path.stat().st_size
+    calls = []
+    monkeypatch.setattr(
+        api,
+        "array_digest",
+        lambda a: calls.append(1) or api.zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B")),
+    )
+    load_array("mnist", "test_images")
+    assert calls == []  # the stamp matched: no hash
+    time.sleep(0.05)
+    _flip_byte(path)
+    with pytest.warns(DecodedCacheWarning, match="content changed"):
+        again = load_array("mnist", "test_images")
+    np.testing.assert_array_equal(again, _official("t10k-images-idx3-ubyte.gz"))
 
 
 def _fetch_all_in_child(home: str, mirrors: str) -> list[str]:
