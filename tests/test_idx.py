@@ -97,3 +97,78 @@ def test_a_missing_file_is_a_data_error_naming_it(tmp_path):
 def test_label_ten_is_rejected_with_its_position():
     with pytest.raises(DataFormatError, match=r"label 2: value 10 is outside 0\.\.9"):
         check_labels(np.array([1, 9, 10], np.uint8), "labels.idx")
+
+
+# Every malformed input: DataFormatError naming the file and the position.
+
+
+def test_dimensions_whose_product_overflows_64_bits_name_the_file(tmp_path):
+    header = b"\x00\x00\x08\x04" + b"\xff\xff\xff\xff" * 4  # 2**128 bytes declared
+    path = tmp_path / "huge.idx"
+    path.write_bytes(header + b"\x00" * 64)
+    for call in (lambda: read_idx(path), lambda: parse_idx(path.read_bytes(), str(path))):
+        with pytest.raises(DataFormatError, match=r"huge\.idx: byte 4: the header declares"):
+            call()
+
+
+def test_a_declared_size_past_max_bytes_is_refused_before_reading(tmp_path):
+    path = tmp_path / "big.idx"
+    write_idx(path, np.zeros((10, 28, 28), np.uint8))
+    with pytest.raises(DataFormatError, match=r"big\.idx: byte 4: .*more than the 1,000 bytes"):
+        read_idx(path, max_bytes=1000)
+
+
+def _packed(array: np.ndarray) -> bytes:
+    return gzip.compress(encode_idx(array), mtime=0)
+
+
+IMAGES = np.random.default_rng(0).integers(0, 256, (50, 28, 28), dtype=np.uint8)
+
+
+def test_a_corrupt_deflate_stream_names_the_compressed_position(tmp_path):
+    data = bytearray(_packed(IMAGES))
+    data[len(data) // 2] ^= 0xFF
+    path = tmp_path / "bad.gz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataFormatError) as caught:
+        read_idx(path)
+    message = str(caught.value)
+    assert "bad.gz: compressed byte" in message and "inflated" in message
+
+
+def test_a_truncated_gzip_names_where_it_ends(tmp_path):
+    data = _packed(IMAGES)
+    path = tmp_path / "short.gz"
+    path.write_bytes(data[:-20])
+    with pytest.raises(DataFormatError, match=r"short\.gz: compressed byte [\d,]+: .*ends early"):
+        read_idx(path)
+
+
+def test_a_damaged_gzip_trailer_crc_is_caught(tmp_path):
+    data = bytearray(_packed(IMAGES))
+    data[-6] ^= 0x01  # inside the CRC-32 of the trailer
+    path = tmp_path / "crc.gz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataFormatError, match=r"crc\.gz: compressed bytes .*incorrect data check"):
+        read_idx(path)
+
+
+def test_garbage_after_the_gzip_stream_is_reported(tmp_path):
+    path = tmp_path / "tail.gz"
+    path.write_bytes(_packed(np.arange(10, dtype=np.uint8)) + b"junk")
+    with pytest.raises(DataFormatError, match=r"tail\.gz: compressed byte \d+: trailing bytes"):
+        read_idx(path)
+
+
+def test_multi_member_gzip_and_zero_padding_read_like_gzip_does(tmp_path):
+    payload = encode_idx(IMAGES)
+    path = tmp_path / "multi.gz"
+    path.write_bytes(gzip.compress(payload[:1000]) + gzip.compress(payload[1000:]) + b"\0" * 8)
+    np.testing.assert_array_equal(read_idx(path), IMAGES)
+
+
+def test_trailing_bytes_in_a_gzip_are_found_without_inflating_them_all(tmp_path):
+    path = tmp_path / "more.gz"
+    path.write_bytes(gzip.compress(encode_idx(np.arange(10, dtype=np.uint8)) + bytes(1 << 20)))
+    with pytest.raises(DataFormatError, match=r"more\.gz: byte 18: has trailing bytes"):
+        read_idx(path)
