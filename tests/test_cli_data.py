@@ -57,3 +57,25 @@ def test_convert_reports_a_malformed_csv_without_a_traceback(tmp_path, capsys):
     assert main(["data", "convert", str(bad), str(tmp_path / "x-images.idx")]) == 1
     err = capsys.readouterr().err
     assert "bad.csv: line 1: expected 785 values" in err and "Traceback" not in err
+
+
+def test_info_and_verify_find_a_damaged_decoded_cache_and_rebuild_it(isolated_home, capsys):
+    from mnistlab.datasets import load_data
+    from mnistlab.datasets.api import decoded_path
+
+    load_data()
+    path = decoded_path("mnist", "test_images")
+    data = bytearray(path.read_bytes())
+    data[-1000] ^= 0x10
+    path.write_bytes(bytes(data))
+    assert main(["data", "verify"]) == 1
+    out = capsys.readouterr().out
+    assert "3 of 4 arrays verified byte for byte" in out
+    assert "test_images-raw" in out and "content changed" in out and "decoded again" in out
+    assert main(["data", "verify"]) == 0
+    assert "4 of 4 arrays verified" in capsys.readouterr().out
+
+    path.write_bytes(bytes(data))
+    assert main(["data", "info"]) == 0
+    out = capsys.readouterr().out
+    assert "content changed" in out and "10,000" in out and "980" in out
