@@ -14,6 +14,7 @@ deadline; image decodes are admitted against one memory budget.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import tempfile
@@ -45,6 +46,7 @@ from mnistlab.serve.limits import (
     DECODE_BUDGET_BYTES,
     DRAIN_BYTES,
     HEADER_TIMEOUT_S,
+    IMAGE_OVERHEAD_BYTES,
     KEEP_ALIVE_S,
     MAX_BODY_BYTES,
     MAX_CONNECTIONS,
@@ -346,11 +348,11 @@ def _open_and_cost(data: BinaryIO, name: str, allowed: int) -> tuple[Any, int]:
     width, height = image.size
     shrink = min(1.0, WORK_MAX_SIDE / max(width, height))
     work_pixels = max(1, round(width * shrink)) * max(1, round(height * shrink))
-    data.seek(0, os.SEEK_END)
-    held = data.tell()  # the header data Pillow keeps (JPEG APP segments) is at most this
-    data.seek(0)
-    cost = decode_cost(image, max_side=WORK_MAX_SIDE) + held
-    cost += work_pixels * PREPROCESS_BYTES_PER_PIXEL
+    cost = decode_cost(image, max_side=WORK_MAX_SIDE)  # reads on from the header: first
+    position = data.tell()
+    held = data.seek(0, os.SEEK_END)  # the header data Pillow keeps is at most the file
+    data.seek(position)
+    cost += held + work_pixels * PREPROCESS_BYTES_PER_PIXEL + IMAGE_OVERHEAD_BYTES
     if cost > allowed:
         image.close()
         raise ImageError(
@@ -413,6 +415,7 @@ def run_server(
     headers within ``header_timeout_s`` closed, at most ``MAX_CONNECTIONS`` at once."""
     import uvicorn
 
+    _return_big_blocks_at_once()
     config = uvicorn.Config(
         app,
         host=host,
@@ -424,6 +427,20 @@ def run_server(
         h11_max_incomplete_event_size=16 * 1024,  # request line + headers
     )
     uvicorn.Server(config).run()
+
+
+def _return_big_blocks_at_once() -> None:
+    """Make glibc serve every allocation of 4 MiB or more with its own mmap, returned to
+    the system on free. By default glibc raises that threshold to 32 MiB after the first
+    big free, so decode buffers land in per-thread arenas that keep their pages: measured
+    on 32 worst-case uploads with 16 decode slots, a 400-600 MiB peak instead of 280."""
+    import ctypes
+    import ctypes.util
+
+    m_mmap_threshold = -3
+    with contextlib.suppress(Exception):  # not glibc (musl, macOS): nothing to tune
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(m_mmap_threshold, 4 * 1024 * 1024)
 
 
 def _protocol_with_header_deadline(timeout_s: float) -> type:

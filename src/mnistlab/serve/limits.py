@@ -50,12 +50,15 @@ of a connection reset. Bigger bodies get the 413 at once and the connection clos
 SPOOL_BYTES = 64 * 1024
 """Bodies and uploaded files stay in memory up to this size, then go to a temporary file."""
 
-DECODE_BUDGET_BYTES = 320 * 1024 * 1024
+DECODE_BUDGET_BYTES = 384 * 1024 * 1024
 """Memory all image decodes + preprocessing in flight may use together (estimated)."""
 
 PREPROCESS_BYTES_PER_PIXEL = 80
 """Peak memory of ``preprocess_image`` per pixel of its working image (measured: a
 1024x1024 photo peaks at 56-72 MiB; the float32 maps, the background fit, the specks)."""
+
+IMAGE_OVERHEAD_BYTES = 4 * 1024 * 1024
+"""Added to every image's estimate: the model's forward pass, Python objects, the answer."""
 
 OPEN_BYTES = MAX_IMAGE_BYTES + 4 * 1024 * 1024
 """Reserved while an image's header is read: its metadata, at most the file, and PNG text
