@@ -102,10 +102,19 @@ def test_label_ten_is_rejected_with_its_position():
 # Every malformed input: DataFormatError naming the file and the position.
 
 
-def test_dimensions_whose_product_overflows_64_bits_name_the_file(tmp_path):
-    header = b"\x00\x00\x08\x04" + b"\xff\xff\xff\xff" * 4  # 2**128 bytes declared
+@pytest.mark.parametrize(
+    ("dimension", "data"),
+    [
+        # 65536**4 = 2**64: a 64-bit product wraps to 0, which matched the empty data and
+        # then failed in reshape with a plain ValueError naming no file.
+        pytest.param(2**16, b"", id="wraps-to-zero"),
+        pytest.param(2**32 - 1, b"\x00" * 64, id="largest"),
+    ],
+)
+def test_dimensions_whose_product_overflows_64_bits_name_the_file(tmp_path, dimension, data):
+    header = b"\x00\x00\x08\x04" + dimension.to_bytes(4, "big") * 4
     path = tmp_path / "huge.idx"
-    path.write_bytes(header + b"\x00" * 64)
+    path.write_bytes(header + data)
     for call in (lambda: read_idx(path), lambda: parse_idx(path.read_bytes(), str(path))):
         with pytest.raises(DataFormatError, match=r"huge\.idx: byte 4: the header declares"):
             call()

@@ -190,17 +190,21 @@ def _diagnose(
         for column, field in enumerate(fields, start=1):
             if not _INTEGER.fullmatch(field):
                 raise DataFormatError(
-                    f"{source}: line {number}, column {column}: {field.strip()!r} is not an integer"
+                    f"{source}: line {number}, column {column}: {field.strip()[:40]!r} is not an "
+                    "integer"
                 )
-            value = int(field)
-            if column == 1 and not 0 <= value < num_classes:
+            digits = field.strip()
+            # Past 20 digits it is out of range whatever it is (and int() of a huge one fails).
+            value = int(digits) if len(digits) <= 20 else None
+            shown = digits if len(digits) <= 20 else f"{digits[:20]}..."
+            if column == 1 and (value is None or not 0 <= value < num_classes):
                 raise DataFormatError(
-                    f"{source}: line {number}, column 1: label {value} is outside "
+                    f"{source}: line {number}, column 1: label {shown} is outside "
                     f"0..{num_classes - 1}"
                 )
-            if column > 1 and not 0 <= value <= 255:
+            if column > 1 and (value is None or not 0 <= value <= 255):
                 raise DataFormatError(
-                    f"{source}: line {number}, column {column}: pixel value {value} is outside "
+                    f"{source}: line {number}, column {column}: pixel value {shown} is outside "
                     "0..255"
                 )
     end = start + len(lines) - 1
