@@ -486,9 +486,341 @@ class Activation(Layer):
         return {"type": "Activation", "activation": self.activation.name}
 
 
+# ---- Keras's other layers (Keras 3 names, arguments and semantics) ------------------------
+
+
+class AveragePooling2D(Layer):
+    """Mean over pool_size windows: x (N, C, H, W) -> y (N, C, OH, OW).
+
+    As in Keras/TensorFlow, "same" padding is not counted: a window that hangs over the
+    border averages only the pixels it covers, y = (sum of the window) / count, with
+    ``count`` (OH, OW) the number of real pixels in each window. Backward gives each
+    covered pixel dy / count (adding where windows overlap).
+    """
+
+    def __init__(
+        self,
+        pool_size: int | tuple[int, int] = 2,
+        strides: int | tuple[int, int] | None = None,
+        padding: str = "valid",
+        input_shape: Shape | None = None,
+    ) -> None:
+        super().__init__(input_shape)
+        self.pool_size = _pair(pool_size, "pool_size")
+        self.strides = self.pool_size if strides is None else _pair(strides, "strides")
+        self.padding = _check_padding(padding)
+
+    def build(self, input_shape: Shape, rng: np.random.Generator, dtype: Any) -> Shape:
+        if len(input_shape) != 3:
+            raise ValueError(f"AveragePooling2D expects NCHW images (N, C, H, W), got "
+                             f"{input_shape}")
+        c, h, w = input_shape
+        oh, top, bottom = output_size(h, self.pool_size[0], self.strides[0], self.padding)
+        ow, left, right = output_size(w, self.pool_size[1], self.strides[1], self.padding)
+        self.pads, self.out_hw = (top, bottom, left, right), (oh, ow)
+        covered = pad2d(np.ones((1, 1, h, w)), self.pads)  # 1 on real pixels, 0 on padding
+        self.count = sum(covered[window_slices(i, j, self.strides, self.out_hw)]
+                         for i, j in self.offsets())[0, 0]  # (OH, OW) real pixels per window
+        self.input_shape, self.output_shape = tuple(input_shape), (c, oh, ow)
+        return self.output_shape
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        xp = pad2d(x, self.pads)  # zeros add nothing to the sums
+        total = np.zeros((len(x), x.shape[1], *self.out_hw), dtype=x.dtype)
+        for i, j in self.offsets():
+            total += xp[window_slices(i, j, self.strides, self.out_hw)]
+        self.padded_shape = xp.shape
+        return total / self.count.astype(x.dtype)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        share = dy / self.count.astype(dy.dtype)  # what each pixel of a window receives
+        dxp = np.zeros(self.padded_shape, dtype=dy.dtype)
+        for i, j in self.offsets():
+            dxp[window_slices(i, j, self.strides, self.out_hw)] += share
+        top, _, left, _ = self.pads
+        h, w = self.input_shape[1:]
+        return dxp[:, :, top : top + h, left : left + w]
+
+    def offsets(self) -> list[tuple[int, int]]:
+        """The ph*pw window offsets (i, j), in row-major order."""
+        return [(i, j) for i in range(self.pool_size[0]) for j in range(self.pool_size[1])]
+
+    def get_config(self) -> dict:
+        return {"type": "AveragePooling2D", "pool_size": list(self.pool_size),
+                "strides": list(self.strides), "padding": self.padding}
+
+
+class GlobalAveragePooling2D(Layer):
+    """Mean over each channel's image: x (N, C, H, W) -> y (N, C);  dx = dy / (H*W) everywhere."""
+
+    def build(self, input_shape: Shape, rng: np.random.Generator, dtype: Any) -> Shape:
+        if len(input_shape) != 3:
+            raise ValueError(f"GlobalAveragePooling2D expects NCHW images (N, C, H, W), got "
+                             f"{input_shape}")
+        self.input_shape, self.output_shape = tuple(input_shape), (input_shape[0],)
+        return self.output_shape
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        return x.mean(axis=(2, 3))
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        c, h, w = self.input_shape
+        share = dy / dy.dtype.type(h * w)  # (N, C)
+        return np.broadcast_to(share[:, :, None, None], (len(dy), c, h, w)).copy()
+
+
+class GlobalMaxPooling2D(Layer):
+    """Max over each channel's image: x (N, C, H, W) -> y (N, C); backward sends dy to the
+    first pixel holding the max (row-major order, as MaxPooling2D and PyTorch)."""
+
+    def build(self, input_shape: Shape, rng: np.random.Generator, dtype: Any) -> Shape:
+        if len(input_shape) != 3:
+            raise ValueError(f"GlobalMaxPooling2D expects NCHW images (N, C, H, W), got "
+                             f"{input_shape}")
+        self.input_shape, self.output_shape = tuple(input_shape), (input_shape[0],)
+        return self.output_shape
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        flat = x.reshape(*x.shape[:2], -1)  # (N, C, H*W)
+        self.argmax = flat.argmax(axis=2)[:, :, None]  # (N, C, 1): argmax takes the first max
+        return np.take_along_axis(flat, self.argmax, axis=2)[:, :, 0]
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        c, h, w = self.input_shape
+        dx = np.zeros((len(dy), c, h * w), dtype=dy.dtype)
+        np.put_along_axis(dx, self.argmax, dy[:, :, None], axis=2)
+        return dx.reshape(len(dy), c, h, w)
+
+
+class Reshape(Layer):
+    """(N, *input_shape) -> (N, *target_shape) in the engine's logical order (C, H, W for
+    images), as Keras's Reshape; one entry of target_shape may be -1 (what is left)."""
+
+    def __init__(self, target_shape: Shape | list[int], input_shape: Shape | None = None) -> None:
+        super().__init__(input_shape)
+        target = tuple(target_shape)
+        if (any(isinstance(d, bool) or not isinstance(d, int | np.integer) for d in target)
+                or any(d < 1 and d != -1 for d in target) or target.count(-1) > 1
+                or not target):
+            raise ValueError(f"target_shape must be ints >= 1, at most one of them -1, got "
+                             f"{target_shape!r}")
+        self.target_shape = tuple(int(d) for d in target)
+
+    def build(self, input_shape: Shape, rng: np.random.Generator, dtype: Any) -> Shape:
+        size, known = math.prod(input_shape), math.prod(d for d in self.target_shape if d != -1)
+        shape = tuple(size // known if d == -1 else d for d in self.target_shape)
+        if math.prod(shape) != size:
+            raise ValueError(f"cannot reshape {tuple(input_shape)} ({size} values) to "
+                             f"{self.target_shape}")
+        self.input_shape, self.output_shape = tuple(input_shape), shape
+        return self.output_shape
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        return x.reshape(len(x), *self.output_shape)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        return dy.reshape(len(dy), *self.input_shape)
+
+    def get_config(self) -> dict:
+        return {"type": "Reshape", "target_shape": list(self.target_shape)}
+
+
+class BatchNormalization(Layer):
+    """Keras 3's batch normalization over the channel axis: axis 1 of the engine's (N, C, H, W)
+    images (statistics over N, H, W) and of flat (N, features) inputs (over N).
+
+        training:  mean, var = batch mean and *biased* variance per channel
+                   moving = moving * momentum + batch * (1 - momentum)   (both, as Keras 3)
+        inference: mean, var = moving_mean, moving_variance
+        y = gamma * (x - mean) / sqrt(var + epsilon) + beta
+
+    Weights: ``params`` holds only what the optimizer trains, gamma (if ``scale``) and beta
+    (if ``center``), with their ``grads``. The moving statistics are no parameters: they
+    live in ``self.state`` ({"moving_mean", "moving_variance"}, (C,) each, starting at 0
+    and 1), which forward(training=True) updates in place and nothing else writes. A model
+    saves them beside the weights as "{i}.moving_mean" and "{i}.moving_variance" (Keras
+    keeps them as non-trainable weights) and never hands them to the optimizer.
+    """
+
+    def __init__(self, momentum: float = 0.99, epsilon: float = 1e-3, center: bool = True,
+                 scale: bool = True, input_shape: Shape | None = None) -> None:
+        super().__init__(input_shape)
+        if not 0.0 <= float(momentum) <= 1.0 or not float(epsilon) > 0.0:
+            raise ValueError(f"BatchNormalization needs 0 <= momentum <= 1 and epsilon > 0, "
+                             f"got {momentum}, {epsilon}")
+        self.momentum, self.epsilon = float(momentum), float(epsilon)
+        self.center, self.scale = bool(center), bool(scale)
+        self.state: dict[str, np.ndarray] = {}
+
+    def build(self, input_shape: Shape, rng: np.random.Generator, dtype: Any) -> Shape:
+        if len(input_shape) not in (1, 3):
+            raise ValueError(f"BatchNormalization expects (N, features) or (N, C, H, W), got "
+                             f"{input_shape}")
+        c = input_shape[0]
+        self.params, self.grads = {}, {}
+        if self.scale:
+            self._add_param("gamma", np.ones(c, dtype=dtype))
+        if self.center:
+            self._add_param("beta", np.zeros(c, dtype=dtype))
+        self.state = {"moving_mean": np.zeros(c, dtype=dtype),
+                      "moving_variance": np.ones(c, dtype=dtype)}
+        self.input_shape, self.output_shape = tuple(input_shape), tuple(input_shape)
+        return self.output_shape
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        axes = (0, *range(2, x.ndim))  # every axis but the channels
+        per_channel = (1, -1) + (1,) * (x.ndim - 2)  # (C,) -> broadcast against x
+        if training:
+            mean = x.mean(axis=axes)
+            var = ((x - mean.reshape(per_channel)) ** 2).mean(axis=axes)  # biased
+            for name, batch in (("moving_mean", mean), ("moving_variance", var)):
+                moving = self.state[name]  # in place: the model's references stay valid
+                moving *= moving.dtype.type(self.momentum)
+                moving += batch * (1.0 - self.momentum)
+        else:
+            mean, var = self.state["moving_mean"], self.state["moving_variance"]
+        self.training, self.axes, self.per_channel = training, axes, per_channel
+        self.inv_std = (1.0 / np.sqrt(var + self.epsilon)).astype(x.dtype).reshape(per_channel)
+        self.x_hat = (x - mean.reshape(per_channel)) * self.inv_std
+        y = self.x_hat * self.params["gamma"].reshape(per_channel) if self.scale else self.x_hat
+        return y + self.params["beta"].reshape(per_channel) if self.center else y.copy()
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        axes, per_channel = self.axes, self.per_channel
+        if self.center:
+            np.sum(dy, axis=axes, out=self.grads["beta"])  # dbeta = sum dy
+        if self.scale:
+            np.sum(dy * self.x_hat, axis=axes, out=self.grads["gamma"])  # dgamma = sum dy x_hat
+            dx_hat = dy * self.params["gamma"].reshape(per_channel)
+        else:
+            dx_hat = dy
+        if not self.needs_input_grad:
+            return None
+        if not self.training:  # constant mean and variance: y is affine in x
+            return dx_hat * self.inv_std
+        # the batch statistics depend on x too: m = values per channel,
+        # dx = inv_std * (dx_hat - mean(dx_hat) - x_hat * mean(dx_hat * x_hat))
+        mean_dx_hat = dx_hat.mean(axis=axes).reshape(per_channel)
+        mean_dx_hat_x_hat = (dx_hat * self.x_hat).mean(axis=axes).reshape(per_channel)
+        return self.inv_std * (dx_hat - mean_dx_hat - self.x_hat * mean_dx_hat_x_hat)
+
+    def get_config(self) -> dict:
+        return {"type": "BatchNormalization", "momentum": self.momentum,
+                "epsilon": self.epsilon, "center": self.center, "scale": self.scale}
+
+
+class ReLU(Layer):
+    """Keras's ReLU layer:  y = min(x, max_value) where x > threshold,
+    else negative_slope * (x - threshold);  dx = dy (0 above max_value) where x > threshold,
+    else negative_slope * dy."""
+
+    def __init__(self, max_value: float | None = None, negative_slope: float = 0.0,
+                 threshold: float = 0.0, input_shape: Shape | None = None) -> None:
+        super().__init__(input_shape)
+        if (max_value is not None and float(max_value) < 0) or float(negative_slope) < 0:
+            raise ValueError(f"ReLU needs max_value >= 0 and negative_slope >= 0, got "
+                             f"{max_value}, {negative_slope}")
+        self.max_value = None if max_value is None else float(max_value)
+        self.negative_slope, self.threshold = float(negative_slope), float(threshold)
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        t, slope = x.dtype.type(self.threshold), x.dtype.type(self.negative_slope)
+        self.x = x
+        y = np.where(x > t, x, slope * (x - t))
+        return y if self.max_value is None else np.minimum(y, x.dtype.type(self.max_value))
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        x = self.x
+        slope = np.where(x > self.threshold, 1.0, self.negative_slope).astype(dy.dtype)
+        if self.max_value is not None:
+            slope[x > self.max_value] = 0.0  # clipped: flat
+        return dy * slope
+
+    def get_config(self) -> dict:
+        return {"type": "ReLU", "max_value": self.max_value,
+                "negative_slope": self.negative_slope, "threshold": self.threshold}
+
+
+class LeakyReLU(Layer):
+    """y = x if x > 0 else negative_slope * x (Keras 3's default 0.3; Keras 2 called it
+    ``alpha``, which is accepted too);  dx = dy where x > 0, else negative_slope * dy."""
+
+    def __init__(self, negative_slope: float = 0.3, alpha: float | None = None,
+                 input_shape: Shape | None = None) -> None:
+        super().__init__(input_shape)
+        self.negative_slope = float(negative_slope if alpha is None else alpha)
+        if self.negative_slope < 0:
+            raise ValueError(f"LeakyReLU needs negative_slope >= 0, got {self.negative_slope}")
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        self.positive = x > 0
+        return np.where(self.positive, x, x * x.dtype.type(self.negative_slope))
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        return np.where(self.positive, dy, dy * dy.dtype.type(self.negative_slope))
+
+    def get_config(self) -> dict:
+        return {"type": "LeakyReLU", "negative_slope": self.negative_slope}
+
+
+class Softmax(Layer):
+    """Softmax along ``axis`` of (N, ...) (Keras counts the batch axis: -1 is the last axis
+    of the engine's logical order, e.g. the features of flat inputs);
+    dx = y * (dy - sum(dy * y, axis)).
+
+    A plain layer, not an activation: a loss after it reads its outputs (no fused
+    cross-entropy; put softmax on the last Dense for that)."""
+
+    def __init__(self, axis: int = -1, input_shape: Shape | None = None) -> None:
+        super().__init__(input_shape)
+        if isinstance(axis, bool) or not isinstance(axis, int | np.integer) or axis == 0:
+            raise ValueError(f"Softmax axis must be a non-batch axis (an int, not 0), got "
+                             f"{axis!r}")
+        self.axis = int(axis)
+
+    def build(self, input_shape: Shape, rng: np.random.Generator, dtype: Any) -> Shape:
+        if not -len(input_shape) <= self.axis <= len(input_shape):
+            raise ValueError(f"Softmax axis {self.axis} is not an axis of (N, *{input_shape})")
+        return super().build(input_shape, rng, dtype)
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        e = np.exp(x - x.max(axis=self.axis, keepdims=True))  # exp <= 1: no overflow
+        self.y = e / e.sum(axis=self.axis, keepdims=True)
+        return self.y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        y = self.y
+        return y * (dy - (dy * y).sum(axis=self.axis, keepdims=True))
+
+    def get_config(self) -> dict:
+        return {"type": "Softmax", "axis": self.axis}
+
+
+class Rescaling(Layer):
+    """y = x * scale + offset (Keras's Rescaling, e.g. scale=1/255);  dx = dy * scale."""
+
+    def __init__(self, scale: float, offset: float = 0.0,
+                 input_shape: Shape | None = None) -> None:
+        super().__init__(input_shape)
+        self.scale, self.offset = float(scale), float(offset)
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        y = x * x.dtype.type(self.scale)
+        y += x.dtype.type(self.offset)
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        return dy * dy.dtype.type(self.scale)
+
+    def get_config(self) -> dict:
+        return {"type": "Rescaling", "scale": self.scale, "offset": self.offset}
+
+
 LAYER_TYPES: dict[str, type[Layer]] = {
     cls.__name__: cls
-    for cls in (Dense, Conv2D, MaxPooling2D, Cropping2D, Flatten, Dropout, Activation)
+    for cls in (Dense, Conv2D, MaxPooling2D, Cropping2D, Flatten, Dropout, Activation,
+                AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, Reshape,
+                BatchNormalization, ReLU, LeakyReLU, Softmax, Rescaling)
 }
 
 
@@ -509,13 +841,22 @@ def layer_from_config(config: dict) -> Layer:
 __all__ = [
     "LAYER_TYPES",
     "Activation",
+    "AveragePooling2D",
+    "BatchNormalization",
     "Conv2D",
     "Cropping2D",
     "Dense",
     "Dropout",
     "Flatten",
+    "GlobalAveragePooling2D",
+    "GlobalMaxPooling2D",
     "Layer",
+    "LeakyReLU",
     "MaxPooling2D",
+    "ReLU",
+    "Rescaling",
+    "Reshape",
+    "Softmax",
     "layer_from_config",
     "output_size",
 ]
