@@ -294,6 +294,8 @@ def remove_stale_parts(cache_dir: Path, now: float | None = None) -> list[Path]:
     written by mnistlab on this machine; the pid in the name still guards a cache shared
     with another machine or an unlocking tool: a live pid's file is kept for a day.
     """
+    if fcntl is None:  # pragma: no cover - no lock (and no signal-0 probe) on Windows
+        return []
     now = time.time() if now is None else now
     removed = []
     for path in cache_dir.glob(".*.part"):
