@@ -249,10 +249,11 @@ def parse_idx(
     expected = _data_size(dtype, shape, header_size, source, max(max_bytes, len(data)))
     present = len(data) - header_size
     if present != expected:
-        what = "truncated" if present < expected else "has trailing bytes"
+        truncated = present < expected
         raise DataFormatError(
-            f"{source}: byte {header_size}: {what}: the header declares shape {shape} "
-            f"({expected:,} bytes of data) but {present:,} bytes follow the header"
+            f"{source}: byte {header_size if truncated else header_size + expected:,}: "
+            f"{'truncated' if truncated else 'has trailing bytes'}: the header declares shape "
+            f"{shape} ({expected:,} bytes of data) but {present:,} bytes follow the header"
         )
     array = np.frombuffer(data, dtype=dtype, offset=header_size).reshape(shape)
     return array.astype(dtype.newbyteorder("="), copy=False)
