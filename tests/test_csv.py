@@ -189,3 +189,16 @@ def test_a_line_without_an_end_is_refused_early(tmp_path):
     path.write_bytes(b"1" * (3 << 20))
     with pytest.raises(DataFormatError, match=r"bad\.csv: line 1: no line end within"):
         read_csv(path)
+
+
+def test_a_damaged_gzip_csv_names_the_compressed_position(tmp_path):
+    import gzip
+
+    data = bytearray(gzip.compress(("\n".join([_row_text("3")] * 200) + "\n").encode(), mtime=0))
+    data[-6] ^= 0x01  # the trailer's CRC-32
+    path = tmp_path / "bad.csv.gz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(
+        DataFormatError, match=r"bad\.csv\.gz: compressed bytes [\d,.]+: not a valid"
+    ):
+        read_csv(path)

@@ -40,6 +40,19 @@ def test_real_mnist_has_the_official_counts_and_classes(mnist):
     assert np.bincount(y_test).tolist() == MNIST_TEST_PER_CLASS
 
 
+def test_the_registry_knows_each_official_files_decompressed_size():
+    sizes = {key: spec.size for key, spec in DATASETS["mnist"].files.items()}
+    assert sizes == {
+        "train_images": 47_040_016,
+        "train_labels": 60_008,
+        "test_images": 7_840_016,
+        "test_labels": 10_008,
+    }
+    for key, spec in DATASETS["mnist"].files.items():
+        official = gzip.decompress((SHARED_DATASETS / "mnist" / spec.filename).read_bytes())
+        assert len(official) == sizes[key]
+
+
 def test_known_samples_are_where_everyone_expects_them(mnist):
     (x_train, y_train), (x_test, y_test) = mnist
     assert y_train[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]

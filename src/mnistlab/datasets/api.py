@@ -19,8 +19,9 @@ mismatch warns (`DecodedCacheWarning`) and decodes again from the ``.gz``, whose
 checked against the registry.
 
 Why not hash on every load, or on the first load in each process: the 220 MB of float32
-images `load_mnist` maps take ~45 ms to hash on a fresh mapping here (55 MB of `load_data`:
-~20 ms), past the 50 ms warm-load goal with the rest of the load. Any write to a file
+images `load_mnist` maps take 43-61 ms to map and hash here (the 55 MB of `load_data`:
+13-20 ms; ``benchmarks/bench_load.py`` prints both), past the 50 ms warm-load goal, where
+the stamp check keeps both within 4 ms, as fast as the unverified cache was. Any write to a file
 (``write``, ``mmap``, ``truncate``) sets its ctime, which user code cannot set back, so an
 unchanged stamp means unchanged bytes; the stamp is taken only of files whose ctime is
 ``STAMP_SETTLE_S`` older than the hash, as file times tick coarsely. What a stamp cannot see
