@@ -115,21 +115,36 @@ def _softmax(z: Tensor) -> Tensor:
     return torch.softmax(z, dim=-1)  # the last axis, as the NumPy softmax
 
 
+def _softplus(z: Tensor) -> Tensor:
+    # the NumPy formula: max(z, 0) + log(1 + exp(-|z|)) (F.softplus goes linear past 20)
+    return torch.clamp(z, min=0) + torch.log1p(torch.exp(-z.abs()))
+
+
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "linear": lambda z: z,
     "relu": torch.relu,
     "sigmoid": torch.sigmoid,
     "tanh": torch.tanh,
     "softmax": _softmax,
+    "elu": F.elu,
+    "selu": torch.selu,  # Keras's alpha and scale
+    "leaky_relu": lambda z: F.leaky_relu(z, 0.2),  # Keras 3's slope for the name
+    "softplus": _softplus,
+    "swish": F.silu,
+    "silu": F.silu,
+    "gelu": F.gelu,  # the exact erf form, as Keras 3's default
+    "exponential": torch.exp,
 }
 
 
 class SpecLayer(nn.Module):
     """One spec layer: ``pre_activation`` (the linear part, or the whole layer) then
-    ``activation``. ``PARAMS`` maps NumPy names to (torch parameter path, transposed)."""
+    ``activation``. ``PARAMS`` maps NumPy names to (torch parameter path, transposed);
+    ``STATE`` names the buffers that hold the NumPy layer's ``state`` (no optimizer's)."""
 
     activation = "linear"
     PARAMS: ClassVar[dict[str, tuple[str, bool]]] = {}
+    STATE: ClassVar[tuple[str, ...]] = ()  # names of buffers holding the NumPy layer's state
 
     def pre_activation(self, x: Tensor) -> Tensor:
         return x
@@ -140,6 +155,11 @@ class SpecLayer(nn.Module):
     def numpy_params(self) -> dict[str, tuple[nn.Parameter, bool]]:
         """{"W": (parameter, stored transposed?), ...} in the NumPy layer's order."""
         return {k: (self.get_parameter(path), tr) for k, (path, tr) in self.PARAMS.items()}
+
+    def numpy_state(self) -> dict[str, Tensor]:
+        """The NumPy layer's ``state`` (non-trainable, e.g. BatchNormalization's moving
+        statistics) as this module's buffers, same names and layouts; {} for most layers."""
+        return {name: self.get_buffer(name) for name in self.STATE}
 
 
 class TorchDense(SpecLayer):
@@ -236,6 +256,139 @@ class TorchActivation(SpecLayer):
         self.activation = activation
 
 
+class TorchAveragePooling2D(SpecLayer):
+    """AveragePooling2D: window sums over the zero-padded image (``F.avg_pool2d`` of the
+    padded input times the window area) divided by the NumPy layer's ``count`` of real
+    pixels in each window, so "same" padding is not counted (Keras), for uneven pads too."""
+
+    def __init__(self, pool_size: tuple[int, int], strides: tuple[int, int],
+                 pads: tuple[int, int, int, int], count: np.ndarray, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.pad = _torch_pads(pads) if any(pads) else None
+        self.pool_size, self.strides = pool_size, strides
+        area = pool_size[0] * pool_size[1]
+        self.register_buffer("rescale", torch.tensor(area / count, dtype=dtype),
+                             persistent=False)  # (OH, OW): area / real pixels
+
+    def pre_activation(self, x: Tensor) -> Tensor:
+        if self.pad is not None:
+            x = F.pad(x, self.pad)
+        return F.avg_pool2d(x, self.pool_size, self.strides) * self.rescale
+
+
+class TorchGlobalAveragePooling2D(SpecLayer):
+    """GlobalAveragePooling2D: the mean over H and W, (N, C, H, W) -> (N, C)."""
+
+    def pre_activation(self, x: Tensor) -> Tensor:
+        return x.mean(dim=(2, 3))
+
+
+class TorchGlobalMaxPooling2D(SpecLayer):
+    """GlobalMaxPooling2D: ``max`` over the flattened H*W, whose gradient goes to the
+    index it returns (the first maximum), as the NumPy layer's."""
+
+    def pre_activation(self, x: Tensor) -> Tensor:
+        return x.flatten(2).max(dim=2).values
+
+
+class TorchReshape(SpecLayer):
+    """Reshape to the NumPy layer's resolved ``output_shape`` (logical order)."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape = shape
+
+    def pre_activation(self, x: Tensor) -> Tensor:
+        return x.reshape(len(x), *self.shape)
+
+
+class TorchBatchNormalization(SpecLayer):
+    """BatchNormalization, Keras 3's formula written out (``nn.BatchNorm`` would keep the
+    unbiased variance in its running average): channel axis 1, biased batch variance,
+    moving = moving * momentum + batch * (1 - momentum) in training mode only. gamma and
+    beta are parameters; the moving statistics buffers (``numpy_state``), which no
+    optimizer sees."""
+
+    STATE: ClassVar = ("moving_mean", "moving_variance")
+
+    def __init__(self, channels: int, momentum: float, epsilon: float, center: bool,
+                 scale: bool, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.momentum, self.epsilon = momentum, epsilon
+        self.PARAMS = {}
+        if scale:
+            self.gamma = nn.Parameter(torch.ones(channels, dtype=dtype))
+            self.PARAMS["gamma"] = ("gamma", False)
+        if center:
+            self.beta = nn.Parameter(torch.zeros(channels, dtype=dtype))
+            self.PARAMS["beta"] = ("beta", False)
+        self.register_buffer("moving_mean", torch.zeros(channels, dtype=dtype))
+        self.register_buffer("moving_variance", torch.ones(channels, dtype=dtype))
+
+    def pre_activation(self, x: Tensor) -> Tensor:
+        dims = (0, *range(2, x.ndim))  # every axis but the channels
+        per_channel = (1, -1) + (1,) * (x.ndim - 2)
+        if self.training:
+            var, mean = torch.var_mean(x, dim=dims, correction=0)  # biased, as Keras 3
+            with torch.no_grad():
+                self.moving_mean.mul_(self.momentum).add_(mean, alpha=1.0 - self.momentum)
+                self.moving_variance.mul_(self.momentum).add_(var, alpha=1.0 - self.momentum)
+        else:
+            mean, var = self.moving_mean, self.moving_variance
+        y = (x - mean.view(per_channel)) * torch.rsqrt(var + self.epsilon).view(per_channel)
+        if "gamma" in self.PARAMS:
+            y = y * self.gamma.view(per_channel)
+        if "beta" in self.PARAMS:
+            y = y + self.beta.view(per_channel)
+        return y
+
+
+class TorchReLU(SpecLayer):
+    """Keras's ReLU layer: x above threshold (clipped at max_value), else
+    negative_slope * (x - threshold)."""
+
+    def __init__(self, max_value: float | None, negative_slope: float, threshold: float) -> None:
+        super().__init__()
+        self.max_value, self.negative_slope, self.threshold = max_value, negative_slope, threshold
+
+    def pre_activation(self, x: Tensor) -> Tensor:
+        y = torch.where(x > self.threshold, x, self.negative_slope * (x - self.threshold))
+        return y if self.max_value is None else torch.clamp(y, max=self.max_value)
+
+
+class TorchLeakyReLU(SpecLayer):
+    """LeakyReLU: ``F.leaky_relu`` with the layer's slope."""
+
+    def __init__(self, negative_slope: float) -> None:
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def pre_activation(self, x: Tensor) -> Tensor:
+        return F.leaky_relu(x, self.negative_slope)
+
+
+class TorchSoftmax(SpecLayer):
+    """Softmax along the layer's axis (the batch axis counted, as Keras and NumPy)."""
+
+    def __init__(self, axis: int) -> None:
+        super().__init__()
+        self.axis = axis
+
+    def pre_activation(self, x: Tensor) -> Tensor:
+        return torch.softmax(x, dim=self.axis)
+
+
+class TorchRescaling(SpecLayer):
+    """Rescaling: x * scale + offset."""
+
+    def __init__(self, scale: float, offset: float) -> None:
+        super().__init__()
+        self.scale, self.offset = scale, offset
+
+    def pre_activation(self, x: Tensor) -> Tensor:
+        return x * self.scale + self.offset
+
+
 def torch_layer(layer: np_layers.Layer, dtype: torch.dtype = torch.float32) -> SpecLayer:
     """A torch module computing what the built NumPy ``layer`` computes, with its weights."""
     kind = layer.get_config()["type"]
@@ -257,6 +410,26 @@ def torch_layer(layer: np_layers.Layer, dtype: torch.dtype = torch.float32) -> S
         module = TorchDropout(layer.rate)
     elif kind == "Activation":
         module = TorchActivation(act)
+    elif kind == "AveragePooling2D":
+        module = TorchAveragePooling2D(layer.pool_size, layer.strides, layer.pads, layer.count,
+                                       dtype)
+    elif kind == "GlobalAveragePooling2D":
+        module = TorchGlobalAveragePooling2D()
+    elif kind == "GlobalMaxPooling2D":
+        module = TorchGlobalMaxPooling2D()
+    elif kind == "Reshape":
+        module = TorchReshape(layer.output_shape)
+    elif kind == "BatchNormalization":
+        module = TorchBatchNormalization(layer.input_shape[0], layer.momentum, layer.epsilon,
+                                         layer.center, layer.scale, dtype)
+    elif kind == "ReLU":
+        module = TorchReLU(layer.max_value, layer.negative_slope, layer.threshold)
+    elif kind == "LeakyReLU":
+        module = TorchLeakyReLU(layer.negative_slope)
+    elif kind == "Softmax":
+        module = TorchSoftmax(layer.axis)
+    elif kind == "Rescaling":
+        module = TorchRescaling(layer.scale, layer.offset)
     else:
         raise ValueError(f"the torch engine has no {kind!r} layer yet")
     if act not in ACTIVATIONS:
@@ -265,6 +438,8 @@ def torch_layer(layer: np_layers.Layer, dtype: torch.dtype = torch.float32) -> S
         for name, (param, transposed) in module.numpy_params().items():
             value = torch.from_numpy(np.ascontiguousarray(layer.params[name]))
             param.copy_(value.T if transposed else value)
+        for name, buffer in module.numpy_state().items():  # e.g. BatchNormalization's
+            buffer.copy_(torch.from_numpy(np.ascontiguousarray(layer.state[name])))
     return module
 
 
