@@ -453,6 +453,11 @@ CASES = {
 }
 
 
+CASES["softmax layer last, cross-entropy on its outputs"] = (
+    [Dense(6, "selu"), Dense(3), Softmax()], FLAT, LABELS4, "sparse_categorical_crossentropy",
+    True)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_backprop_matches_central_differences(case) -> None:
     layers, x, y, loss, training = CASES[case]
@@ -570,3 +575,24 @@ def test_torch_layer_matches_numpy_in_float32(make, shape) -> None:
 def test_torch_activations_match_numpy(name) -> None:
     _torch_matches(Dense(5, name), (4,), "float64", True, tol=1e-10)
     _torch_matches(Dense(5, name), (4,), "float32", True, tol=1e-6)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_a_torch_model_of_the_new_layers_matches_the_numpy_model(training) -> None:
+    pytest.importorskip("torch")
+    from mnistlab.engines.torch import to_torch
+
+    layers = [Rescaling(2.0, offset=-0.5), Conv2D(3, 3, padding="same", activation="gelu"),
+              BatchNormalization(momentum=0.9), LeakyReLU(),
+              AveragePooling2D(2, padding="same"), Reshape((-1,)), Dense(4, "swish"),
+              Reshape((1, 2, 2)), GlobalMaxPooling2D(), ReLU(max_value=2.0), Dense(3, "softmax")]
+    model = Sequential(layers, seed=3, dtype="float64", input_shape=IMAGES.shape[1:])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    twin = to_torch(model)
+    loss, grads = model.loss_and_grads(IMAGES, LABELS3, training=training)
+    twin_loss, twin_grads = twin.loss_and_grads(IMAGES, LABELS3, training=training)
+    assert twin_loss == pytest.approx(loss, rel=1e-10)
+    assert set(twin_grads) == set(grads)
+    for name, grad in grads.items():
+        np.testing.assert_allclose(twin_grads[name], grad, rtol=1e-9, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(twin.predict(IMAGES), model.predict(IMAGES), rtol=1e-10)
