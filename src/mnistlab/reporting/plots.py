@@ -1,10 +1,17 @@
 """The pictures a person wants after training: digits, learning curves, mistakes, the
 confusion matrix, first-layer weights, and runs side by side.
 
-Every function draws on a standalone ``matplotlib.figure.Figure`` (the Agg renderer, no
+Every function draws on a standalone ``matplotlib.figure.Figure`` with an Agg canvas (no
 pyplot and no display, so it is safe in servers and threads), writes a PNG atomically
 (``mnistlab.atomic.atomic_writer``: a reader never sees half a file) and returns the path.
 Bad input shapes raise ``ValueError``.
+
+They are quick, because a run writes seven of them while a person waits: matplotlib is
+imported on the first plot, not with this module; image grids (digits, mistakes, weights)
+are composed into one RGBA array with NumPy, each tile scaled up by a whole number of
+pixels and framed, and put on the figure as one image with the captions as text above
+each cell; the confusion matrix is one image plus its numbers; and every figure has a
+fixed layout computed from its size (no constrained layout).
 """
 
 from __future__ import annotations
@@ -13,13 +20,14 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from mnistlab.atomic import atomic_writer
+
+if TYPE_CHECKING:  # matplotlib itself is imported on the first plot (about 0.3 s)
+    from matplotlib.figure import Figure
 
 __all__ = [
     "compare_curves",
@@ -36,6 +44,8 @@ _DPI = 110
 _DIGIT_CMAP = "gray_r"  # dark ink on white paper: reads well on screens and in print
 _WEIGHT_CMAP = "RdBu_r"  # diverging: red positive, blue negative, white zero
 _TRAIN_COLOR, _VAL_COLOR = "#1f77b4", "#d62728"
+_RIGHT_COLOR, _WRONG_COLOR = "#1b7a3a", "#c62828"  # the true label green, a wrong answer red
+_TEXT_COLOR, _FRAME_COLOR = "#222222", "#c8c8c8"
 
 
 # ------------------------------------------------------------------------------ digits
@@ -49,30 +59,36 @@ def digit_grid(
     cols: int | None = None,
     title: str | None = None,
     cmap: str = _DIGIT_CMAP,
+    wrong: Sequence[bool] | np.ndarray | None = None,
 ) -> Path:
     """A grid of the first ``count`` images, each captioned with its label (any value:
-    digit, class name; ``None`` for no captions).
+    digit, class name, several lines; ``None`` for no captions).
 
     ``images``: (N, 28, 28), (N, 1, 28, 28) or flat (N, 784); uint8 0..255 or float.
     ``cmap="gray"`` shows them as stored (white on black) instead of ink on paper.
+    ``wrong`` (one bool per image shown) marks the images a model got wrong: their frame
+    and caption are red, the others' caption dark and frame grey.
     """
     stack = _as_image_stack(images, "images")
     n = _take(count, len(stack))
     if labels is not None and len(labels) < n:
         raise ValueError(f"got {len(labels)} labels for {n} images")
+    if wrong is not None and len(wrong) < n:
+        raise ValueError(f"got {len(wrong)} wrong flags for {n} images")
     rows, cols = _grid_shape(n, cols)
-    fig = _figure(cols * 1.15, rows * 1.3 + (0.4 if title else 0.0))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    vmax = _display_max(stack[:n])
-    for k, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if k >= n:
-            continue
-        ax.imshow(stack[k], cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
-        if labels is not None:
-            ax.set_title(_text(labels[k]), fontsize=10, pad=3)
-    if title:
-        fig.suptitle(title, fontsize=12, fontweight="bold")
+    flags = [bool(wrong[k]) for k in range(n)] if wrong is not None else [False] * n
+    tiles = _colorize(stack[:n], cmap, 0.0, _display_max(stack[:n]))
+    captions: list[list[tuple[str, str]]] = [
+        [(line, _WRONG_COLOR if flags[k] else _TEXT_COLOR) for line in _text(labels[k]).split("\n")]
+        if labels is not None
+        else []
+        for k in range(n)
+    ]
+    frames = [_WRONG_COLOR if f else _FRAME_COLOR for f in flags]
+    fig = _tile_figure(
+        tiles, rows, cols, captions, frames, title, fontsize=10, target=112,
+        frame=2 if wrong is not None else 1,
+    )
     return _save(fig, path)
 
 
@@ -85,8 +101,8 @@ def misclassified_grid(
     title: str | None = None,
     cmap: str = _DIGIT_CMAP,
 ) -> Path:
-    """The first ``count`` mistakes, each titled "Label: x, Prediction: y" with the
-    model's confidence in its answer.
+    """The first ``count`` mistakes, each captioned "Label: x" (green, the truth) over
+    "Prediction: y (confidence)" (red, the model's wrong answer), in a red frame.
 
     ``records`` are ``mnistlab.reporting.metrics.Misclassification`` (or dicts with ``index``,
     ``label``, ``prediction`` and optionally ``confidence``); ``index`` points into
@@ -102,23 +118,96 @@ def misclassified_grid(
         return _save(fig, path)
     n = len(chosen)
     rows, cols = _grid_shape(n, None)
-    fig = _figure(cols * 1.75, rows * 1.95 + (0.4 if title else 0.0))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    vmax = _display_max(stack[[r[0] for r in chosen]])
-    for k, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if k >= n:
-            continue
-        index, label, prediction, confidence = chosen[k]
-        ax.imshow(stack[index], cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
-        caption = (
-            f"Label: {_name(label, class_names)}\nPrediction: {_name(prediction, class_names)}"
-        )
+    shown = stack[[r[0] for r in chosen]]
+    tiles = _colorize(shown, cmap, 0.0, _display_max(shown))
+    captions = []
+    for _index, label, prediction, confidence in chosen:
+        answer = f"Prediction: {_name(prediction, class_names)}"
         if confidence is not None:
-            caption += f" ({confidence:.0%})"
-        ax.set_title(caption, fontsize=8.5, pad=3, color="#8b0000")
-    fig.suptitle(title or f"Misclassified ({n} shown)", fontsize=12, fontweight="bold")
+            answer += f" ({confidence:.0%})"
+        captions.append([(f"Label: {_name(label, class_names)}", _RIGHT_COLOR),
+                         (answer, _WRONG_COLOR)])
+    fig = _tile_figure(
+        tiles, rows, cols, captions, [_WRONG_COLOR] * n,
+        title or f"Misclassified ({n} shown)", fontsize=9, target=140, frame=2,
+    )
     return _save(fig, path)
+
+
+def _colorize(stack: np.ndarray, cmap: str, vmin: float, vmax: float) -> np.ndarray:
+    """(N, H, W) values -> (N, H, W, 4) uint8 RGBA through the colour map."""
+    from matplotlib import colormaps
+
+    span = (vmax - vmin) or 1.0
+    scaled = np.clip((np.asarray(stack, dtype=np.float32) - vmin) / span, 0.0, 1.0)
+    return colormaps[cmap](scaled, bytes=True)
+
+
+def _tile_figure(
+    tiles: np.ndarray,
+    rows: int,
+    cols: int,
+    captions: Sequence[Sequence[tuple[str, str]]],
+    frames: Sequence[str | None],
+    title: str | None,
+    *,
+    fontsize: float,
+    target: int,
+    frame: int,
+    title_size: float = 12,
+) -> Figure:
+    """One figure holding ``tiles`` (N, h, w, 4) in a grid as a single pixel-exact image.
+
+    Each tile is scaled up by the whole factor that brings it nearest ``target`` pixels
+    high, framed ``frame`` px in its colour (``None``: none) and captioned above with its
+    lines of (text, colour). The figure is sized in pixels from the tiles, the captions
+    and the title, so nothing needs a layout engine.
+    """
+    from matplotlib.colors import to_rgba_array
+
+    n, h, w = tiles.shape[:3]
+    scale = max(1, round(target / h))
+    th, tw = h * scale, w * scale
+    line_px = fontsize * _DPI / 72 * 1.22
+    lines = max((len(c) for c in captions), default=0)
+    caption_h = math.ceil(lines * line_px) + (5 if lines else 0)
+    widest = max((len(text) for c in captions for text, _ in c), default=0)
+    text_w = math.ceil(widest * fontsize * _DPI / 72 * 0.6)  # DejaVu Sans: ~0.6 em a char
+    gap = max(10, frame + 6)
+    cell_w, cell_h = max(tw + 2 * frame + gap, text_w + 8), caption_h + th + 2 * frame + gap
+    title_lines = title.count("\n") + 1 if title else 0
+    title_h = math.ceil(title_lines * title_size * _DPI / 72 * 1.3) + 10 if title else 0
+    title_w = (
+        max(len(s) for s in title.split("\n")) * title_size * _DPI / 72 * 0.66 if title else 0
+    )
+    margin = 8
+    width = max(cols * cell_w, math.ceil(title_w)) + 2 * margin
+    height = rows * cell_h + title_h + 2 * margin - gap // 2
+    left = margin + (width - 2 * margin - cols * cell_w) // 2
+
+    canvas = np.full((height, width, 4), 255, dtype=np.uint8)
+    frame_rgba = {c: (to_rgba_array(c)[0] * 255).round().astype(np.uint8) for c in set(frames)
+                  if c is not None}
+    fig = _figure(width / _DPI, height / _DPI)
+    for k in range(n):
+        r, c = divmod(k, cols)
+        x0 = left + c * cell_w + (cell_w - tw - 2 * frame) // 2  # the frame's outer corner
+        y0 = margin + title_h + r * cell_h + caption_h
+        if frames[k] is not None and frame:
+            canvas[y0 : y0 + th + 2 * frame, x0 : x0 + tw + 2 * frame] = frame_rgba[frames[k]]
+        tile = tiles[k]
+        if scale > 1:
+            tile = tile.repeat(scale, axis=0).repeat(scale, axis=1)
+        canvas[y0 + frame : y0 + frame + th, x0 + frame : x0 + frame + tw] = tile
+        centre = (x0 + frame + tw / 2) / width
+        for i, (text, color) in enumerate(reversed(captions[k])):  # upwards from the tile
+            y = (height - y0 + 3 + i * line_px) / height
+            fig.text(centre, y, text, ha="center", va="bottom", fontsize=fontsize, color=color)
+    fig.figimage(canvas, 0, 0, origin="upper", resize=False)
+    if title:
+        fig.text(0.5, 1 - (margin + 2) / height, title, ha="center", va="top",
+                 fontsize=title_size, fontweight="bold", linespacing=1.25)
+    return fig
 
 
 # ---------------------------------------------------------------------- learning curves
@@ -154,8 +243,12 @@ def learning_curves(
         raise ValueError(
             "history has nothing to plot: no loss/accuracy lists and no step-level losses"
         )
-    fig = _figure(4.6 * len(panels) + (0.6 if len(panels) == 1 else 0.0), 3.6)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    width, height = 4.6 * len(panels) + (0.6 if len(panels) == 1 else 0.0), 3.6
+    top = 0.42 + (0.36 if title else 0.0)  # room for the panel titles (and the suptitle)
+    height += 0.36 if title else 0.0
+    fig = _figure(width, height)
+    axes = fig.subplots(1, len(panels), squeeze=False,
+                        gridspec_kw=_margins(width, height, len(panels), top=top))[0]
     for ax, panel in zip(axes, panels, strict=True):
         if panel == "loss":
             _epoch_panel(ax, epochs, loss_keys, "Loss")
@@ -166,7 +259,7 @@ def learning_curves(
             assert step_points is not None
             _steps_panel(ax, step_points, epochs if n_epochs == 1 else {})
     if title:
-        fig.suptitle(title, fontsize=12, fontweight="bold")
+        fig.suptitle(title, y=1 - 0.1 / height, va="top", fontsize=12, fontweight="bold")
     return _save(fig, path)
 
 
@@ -195,7 +288,7 @@ def compare_curves(
     mixed = len(keys_shown) > 1  # some runs lack validation: say which curve is which
     ylabel = "accuracy" if mixed else keys_shown.pop()
     fig = _figure(7.2, 4.4)
-    ax = fig.subplots()
+    ax = fig.subplots(gridspec_kw=_margins(7.2, 4.4, 1, top=0.42))
     for name, key, values in curves:
         x = np.arange(1, len(values) + 1)
         line = ax.plot(
@@ -241,30 +334,43 @@ def confusion_matrix_plot(
 
     The diagonal is blue by the share of its class recognized; mistakes are red, scaled
     to the most common mistake, so a 1% confusion stays visible next to a diagonal of
-    thousands. Empty off-diagonal cells are left blank.
+    thousands. Empty off-diagonal cells are left blank. The cells are one RGBA image.
     """
     matrix = np.asarray(cm)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] == 0:
         raise ValueError(f"confusion matrix must be square (C, C), got shape {matrix.shape}")
     if not np.issubdtype(matrix.dtype, np.number) or (matrix < 0).any():
         raise ValueError("confusion matrix must hold non-negative counts")
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.ticker import PercentFormatter
+
     k = matrix.shape[0]
     names = _class_names(class_names, k)
     totals = matrix.sum(axis=1, keepdims=True).astype(np.float64)
     share = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
     diagonal = np.eye(k, dtype=bool)
     worst_mistake = float(share[~diagonal].max()) if k > 1 else 0.0
+    top = max(worst_mistake, 1e-12) * 1.15  # keep the worst cell readable, not black
+    rgba = colormaps["Reds"](np.clip(share / top, 0, 1), bytes=True)
+    rgba[diagonal] = colormaps["Blues"](share[diagonal], bytes=True)
+    rgba[~diagonal & (matrix == 0)] = 255  # nothing there: blank
+
     longest = max(len(name) for name in names)
+    rotate = longest > 2
     side = max(5.0, 0.6 * k + 1.5) + min(longest, 14) * 0.07
-    fig = _figure(side + 1.1, side)
-    ax = fig.subplots()
-    ax.imshow(np.ma.masked_where(~diagonal, share), cmap="Blues", vmin=0, vmax=1)
-    mistakes = ax.imshow(
-        np.ma.masked_where(diagonal | (matrix == 0), share),
-        cmap="Reds",
-        vmin=0,
-        vmax=max(worst_mistake, 1e-12) * 1.15,  # keep the worst cell readable, not black
-    )
+    width, height = side + 1.1, side
+    label_in = min(longest, 14) * 0.085  # tick labels' room, inches
+    left, bottom = 0.55 + label_in, 0.5 + (label_in * 0.75 if rotate else 0.2)
+    right, top_in = 1.25 if worst_mistake > 0 else 0.3, 0.45
+    box = min(width - left - right, height - bottom - top_in)  # square cells
+    fig = _figure(width, height)
+    ax = fig.add_axes((left / width, bottom / height, box / width, box / height))
+    ax.imshow(rgba, interpolation="nearest", aspect="auto")
+    edges = np.arange(k + 1) - 0.5
+    ax.hlines(edges[1:-1], -0.5, k - 0.5, colors="white", linewidth=1.0)
+    ax.vlines(edges[1:-1], -0.5, k - 0.5, colors="white", linewidth=1.0)
     fontsize = 9 if k <= 10 else max(5, 9 - (k - 10) // 3)
     for i in range(k):
         for j in range(k):
@@ -284,15 +390,13 @@ def confusion_matrix_plot(
     ax.set_xticks(
         range(k),
         names,
-        rotation=45 if longest > 2 else 0,
-        ha="right" if longest > 2 else "center",
+        rotation=45 if rotate else 0,
+        ha="right" if rotate else "center",
         rotation_mode="anchor",
     )
     ax.set_yticks(range(k), names)
-    ax.set_xticks(np.arange(k + 1) - 0.5, minor=True)
-    ax.set_yticks(np.arange(k + 1) - 0.5, minor=True)
-    ax.grid(which="minor", color="white", linewidth=1.0)
-    ax.tick_params(which="minor", length=0)
+    ax.set_xlim(-0.5, k - 0.5)
+    ax.set_ylim(k - 0.5, -0.5)
     ax.set_xlabel("Predicted label")
     ax.set_ylabel("True label")
     total = matrix.sum()
@@ -301,7 +405,10 @@ def confusion_matrix_plot(
         title or f"Confusion matrix (accuracy {accuracy:.2%})", fontsize=12, fontweight="bold"
     )
     if worst_mistake > 0:
-        colorbar = fig.colorbar(mistakes, ax=ax, shrink=0.75)
+        bar_h = box * 0.75
+        cax = fig.add_axes(((left + box + 0.3) / width, (bottom + (box - bar_h) / 2) / height,
+                            0.22 / width, bar_h / height))
+        colorbar = fig.colorbar(ScalarMappable(Normalize(0, top), "Reds"), cax=cax)
         colorbar.set_label("mistakes: share of the true class")
         colorbar.ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
     return _save(fig, path)
@@ -323,19 +430,13 @@ def first_layer_weights(
     tiles = _weight_tiles(np.asarray(weights))
     n = _take(count, len(tiles))
     rows, cols = _grid_shape(n, None)
-    size = 1.0 if tiles.shape[1] >= 10 else 0.8
-    fig = _figure(cols * size + 0.2, rows * size + 0.75)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if k >= n:
-            continue
-        scale = float(np.abs(tiles[k]).max()) or 1.0
-        ax.imshow(tiles[k], cmap=_WEIGHT_CMAP, vmin=-scale, vmax=scale, interpolation="nearest")
-    fig.suptitle(
+    scales = np.abs(tiles[:n]).max(axis=(1, 2), keepdims=True)
+    unit = tiles[:n] / np.where(scales > 0, scales, 1.0)  # each tile in -1..1
+    rgba = _colorize(unit, _WEIGHT_CMAP, -1.0, 1.0)
+    fig = _tile_figure(
+        rgba, rows, cols, [[] for _ in range(n)], [_FRAME_COLOR] * n,
         title or f"First-layer weights ({n} of {len(tiles)} units; red +, blue -)",
-        fontsize=11,
-        fontweight="bold",
+        fontsize=9, target=80 if tiles.shape[1] < 10 else 84, frame=1, title_size=11,
     )
     return _save(fig, path)
 
@@ -344,15 +445,29 @@ def first_layer_weights(
 
 
 def _figure(width: float, height: float) -> Figure:
-    """A standalone figure with constrained ("tight") layout."""
-    return Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    """A standalone figure (inches) on an Agg canvas; its layout is fixed by the caller."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=_DPI, facecolor="white")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _margins(width: float, height: float, panels: int, *, top: float) -> dict[str, float]:
+    """Subplot parameters for ``panels`` axes side by side in a width x height (inches)
+    figure: room for tick labels and axis labels, fixed in inches, not computed."""
+    left, right, bottom, gap = 0.75, 0.25, 0.58, 0.85
+    axis = (width - left - right - gap * (panels - 1)) / panels
+    return {"left": left / width, "right": 1 - right / width, "bottom": bottom / height,
+            "top": 1 - top / height, "wspace": gap / axis if panels > 1 else 0.2}
 
 
 def _save(fig: Figure, path: PathLike) -> Path:
     """Write the figure as PNG, atomically, and return the path."""
     target = Path(path)
     with atomic_writer(target) as handle:
-        fig.savefig(handle, format="png", dpi=_DPI, facecolor="white")
+        fig.canvas.print_png(handle)
     return target
 
 
@@ -362,6 +477,8 @@ def _style(ax: Any) -> None:
 
 
 def _integer_ticks(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 

@@ -431,9 +431,11 @@ def write_evaluation(
         shown = min(units, 64)
         plots.first_layer_weights(w, run_dir / WEIGHTS_PNG, count=shown,  # short: few 5x5 tiles
                                   title=f"First-layer weights\n{shown} of {units}; red +, blue −")
+    shown = min(GRID_COUNT, evaluation.num_samples)
     plots.digit_grid(
         images, _digit_captions(evaluation, names, GRID_COUNT), run_dir / DIGITS_PNG,
         count=GRID_COUNT, title="First images: label (→ the model's answer if wrong)",
+        wrong=evaluation.predictions[:shown] != evaluation.labels[:shown],
     )
     return metrics
 
