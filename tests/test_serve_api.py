@@ -12,7 +12,7 @@ from PIL import Image
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
-from mnistlab.serve.app import MAX_BODY_BYTES, create_app
+from mnistlab.serve.app import MAX_BODY_BYTES, MAX_JSON_BYTES, create_app
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +145,89 @@ def test_errors_are_json(client):
     )
     assert response.headers["content-type"].startswith("application/json")
     json.loads(response.text)
+
+
+# ------------------------------------------------------------- edges (issue: bounded input)
+
+
+def test_json_nested_10000_deep_is_a_400_json_error(client):
+    """Before: RecursionError, 500 with a plain-text body."""
+    for body in (b"[" * 10000 + b"]" * 10000, b'{"pixels": ' + b"[" * 10000 + b"]" * 10000 + b"}"):
+        response = client.post(
+            "/api/predict", content=body, headers={"content-type": "application/json"}
+        )
+        assert "nested too deeply" in detail(response, 400)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"), [("12", "the string '12'"), (True, "the boolean true"), (None, "null")]
+)
+def test_pixel_values_that_are_not_numbers_are_422_naming_the_field(client, value, shown):
+    """Before: "12" and true were converted by np.asarray and answered 200."""
+    pixels = [0] * 784
+    pixels[5] = value
+    message = detail(client.post("/api/predict", json={"pixels": pixels}), 422)
+    assert message.startswith("pixels[5]:") and shown in message
+    nested = [[0] * 28 for _ in range(28)]
+    nested[3][4] = value
+    assert "pixels[3][4]:" in detail(client.post("/api/predict", json={"pixels": nested}), 422)
+
+
+def test_head_is_answered_like_get_without_a_body(client):
+    """Before: 405 on HEAD / and HEAD /api/health."""
+    for path in ("/", "/api/health"):
+        response = client.head(path)
+        assert response.status_code == 200 and response.content == b""
+    assert client.head("/api/predict").status_code == 405  # POST only, as GET is
+
+
+def test_the_body_limit_fits_phone_photos():
+    assert MAX_BODY_BYTES >= 20 * 2**20  # 12 MP JPEGs run 3-12 MB; the old 8 MiB refused many
+
+
+def test_a_json_body_over_its_limit_is_413(client):
+    body = b'{"pixels": [' + b"0, " * (MAX_JSON_BYTES // 3) + b"0]}"
+    response = client.post(
+        "/api/predict", content=body, headers={"content-type": "application/json"}
+    )
+    assert "JSON body is larger than" in detail(response, 413)
+
+
+def test_only_png_and_jpeg_are_decoded(client):
+    buffer = io.BytesIO()
+    Image.fromarray(drawn_like_a_person(np.zeros((28, 28), np.uint8))).save(buffer, format="GIF")
+    files = {"file": ("d.gif", buffer.getvalue(), "image/gif")}
+    assert "expected PNG or JPEG" in detail(client.post("/api/predict", files=files), 422)
+
+
+def test_a_16_bit_photo_sized_png_is_recognized(client):
+    """The finding's image: a small 16-bit 6300x6300 PNG (decoded at working size now)."""
+    page = np.full((6300, 6300), 65535, np.uint16)
+    page[1200:5100, 3000:3400] = 0  # a "1"
+    files = {"file": ("one.png", png_bytes(page), "image/png")}
+    assert len(files["file"][1]) < 1_000_000
+    assert client.post("/api/predict", files=files).json()["digit"] == 1
+
+
+def test_an_image_costing_more_than_the_decode_budget_is_422():
+    with TestClient(create_app(decode_budget_bytes=64 * 2**20)) as small:
+        page = np.full((4000, 4000, 3), 255, np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(page).save(buffer, format="JPEG", progressive=True)
+        files = {"file": ("p.jpg", buffer.getvalue(), "image/jpeg")}
+        message = detail(small.post("/api/predict", files=files), 422)
+        assert "p.jpg: decoding this 4000x4000 JPEG image would take about" in message
+        assert "more than the 64 MiB" in message
+
+
+def test_an_unexpected_error_is_a_json_500(monkeypatch):
+    from mnistlab.handwriting.recognizer import Recognizer
+
+    def broken(self, pixels):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Recognizer, "recognize_pixels", broken)
+    with TestClient(create_app(), raise_server_exceptions=False) as fragile:
+        response = fragile.post("/api/predict", json={"pixels": [0] * 784})
+    assert response.status_code == 500
+    assert response.json() == {"detail": "internal server error (RuntimeError)"}

@@ -56,7 +56,9 @@ def test_32_worst_case_uploads_stay_under_the_memory_bound():
         responses = asyncio.run(upload_all(url, uploads))
         seconds = time.monotonic() - start
         peak = memory_mib(server.pid)["VmHWM"]
-        statuses = sorted({(name, r.status_code) for (name, _), r in zip(uploads, responses)})
+        statuses = sorted(
+            {(name, r.status_code) for (name, _), r in zip(uploads, responses, strict=True)}
+        )
         print(f"idle {idle:.0f} MiB, peak {peak:.0f} MiB, {seconds:.1f} s, {statuses}")
         assert all(r.status_code in (200, 422) for r in responses), statuses
         assert all(r.headers["content-type"] == "application/json" for r in responses)
