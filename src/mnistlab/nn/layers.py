@@ -637,9 +637,11 @@ class BatchNormalization(Layer):
     Weights: ``params`` holds only what the optimizer trains, gamma (if ``scale``) and beta
     (if ``center``), with their ``grads``. The moving statistics are no parameters: they
     live in ``self.state`` ({"moving_mean", "moving_variance"}, (C,) each, starting at 0
-    and 1), which forward(training=True) updates in place and nothing else writes. A model
-    saves them beside the weights as "{i}.moving_mean" and "{i}.moving_variance" (Keras
-    keeps them as non-trainable weights) and never hands them to the optimizer.
+    and 1), which forward(training=True) updates in place and nothing else writes (so
+    references to the arrays stay valid). ``named_params``, the optimizer and gradcheck see
+    only ``params``; what a model file must also hold (Keras's non-trainable weights) is
+    ``state``, as "{i}.moving_mean" and "{i}.moving_variance", written back in place. The
+    torch twin keeps them as buffers (``SpecLayer.numpy_state``).
     """
 
     def __init__(self, momentum: float = 0.99, epsilon: float = 1e-3, center: bool = True,
