@@ -106,6 +106,9 @@ class _BodyTimeout(Exception):
     pass
 
 
+_CLOSE = (b"connection", b"close")
+
+
 class BodyLimitMiddleware:
     """Bound every request body in size (413) and in time (408), as it streams in.
 
@@ -169,8 +172,18 @@ class BodyLimitMiddleware:
                     raise _BodyTooLarge
             return message
 
+        async def send_after_body(message: dict) -> None:
+            nonlocal finished
+            if message["type"] == "http.response.start" and not finished:
+                # Answering early (415, a JSON body over its limit, ...): read the rest
+                # first, or a client still writing it gets a reset instead of the answer.
+                finished = await self._drain(receive, received, deadline)
+                if not finished:
+                    message = {**message, "headers": [*message.get("headers", []), _CLOSE]}
+            await send(message)
+
         try:
-            await self.app(scope, limited_receive, send)
+            await self.app(scope, limited_receive, send_after_body)
         except _BodyTooLarge:
             drained = await self._drain(receive, received, deadline)
             await self._error(
