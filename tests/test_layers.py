@@ -349,7 +349,7 @@ def test_an_activation_can_work_in_place_with_the_same_result(name: str) -> None
 
 def test_unknown_names_are_rejected_with_the_choices() -> None:
     with pytest.raises(ValueError, match="relu"):
-        get_activation("swish")
+        get_activation("mish")
     with pytest.raises(ValueError, match="valid"):
         Conv2D(2, 3, padding="full")
     with pytest.raises(ValueError, match="glorot_uniform"):
