@@ -85,11 +85,11 @@ def digit_grid(
         for k in range(n)
     ]
     frames = [_WRONG_COLOR if f else _FRAME_COLOR for f in flags]
-    fig = _tile_figure(
+    raster = _tile_image(
         tiles, rows, cols, captions, frames, title, fontsize=10, target=112,
         frame=2 if wrong is not None else 1,
     )
-    return _save(fig, path)
+    return _save_raster(raster, path)
 
 
 def misclassified_grid(
@@ -113,9 +113,10 @@ def misclassified_grid(
         raise ValueError(f"count must be at least 1, got {count}")
     chosen = [_record(r, len(stack)) for r in list(records)[:count]]
     if not chosen:
-        fig = _figure(5, 1.6)
-        fig.text(0.5, 0.5, "No misclassified images", ha="center", va="center", fontsize=14)
-        return _save(fig, path)
+        raster = _Raster(550, 176)
+        raster.draw().text((275, 88), "No misclassified images", font=_font(14),
+                           fill="black", anchor="mm")
+        return _save_raster(raster, path)
     n = len(chosen)
     rows, cols = _grid_shape(n, None)
     shown = stack[[r[0] for r in chosen]]
@@ -127,15 +128,15 @@ def misclassified_grid(
             answer += f" ({confidence:.0%})"
         captions.append([(f"Label: {_name(label, class_names)}", _RIGHT_COLOR),
                          (answer, _WRONG_COLOR)])
-    fig = _tile_figure(
+    raster = _tile_image(
         tiles, rows, cols, captions, [_WRONG_COLOR] * n,
         title or f"Misclassified ({n} shown)", fontsize=9, target=140, frame=2,
     )
-    return _save(fig, path)
+    return _save_raster(raster, path)
 
 
 def _colorize(stack: np.ndarray, cmap: str, vmin: float, vmax: float) -> np.ndarray:
-    """(N, H, W) values -> (N, H, W, 4) uint8 RGBA through the colour map."""
+    """Values (any shape) -> the same shape plus 4, uint8 RGBA through the colour map."""
     from matplotlib import colormaps
 
     span = (vmax - vmin) or 1.0
@@ -143,7 +144,7 @@ def _colorize(stack: np.ndarray, cmap: str, vmin: float, vmax: float) -> np.ndar
     return colormaps[cmap](scaled, bytes=True)
 
 
-def _tile_figure(
+def _tile_image(
     tiles: np.ndarray,
     rows: int,
     cols: int,
@@ -155,59 +156,142 @@ def _tile_figure(
     target: int,
     frame: int,
     title_size: float = 12,
-) -> Figure:
-    """One figure holding ``tiles`` (N, h, w, 4) in a grid as a single pixel-exact image.
+) -> _Raster:
+    """``tiles`` (N, h, w, 4) in a grid, as one pixel-exact picture.
 
     Each tile is scaled up by the whole factor that brings it nearest ``target`` pixels
     high, framed ``frame`` px in its colour (``None``: none) and captioned above with its
-    lines of (text, colour). The figure is sized in pixels from the tiles, the captions
-    and the title, so nothing needs a layout engine.
+    lines of (text, colour). The picture is sized from the tiles, the captions (measured
+    in the font) and the title, so nothing needs a layout engine.
     """
-    from matplotlib.colors import to_rgba_array
-
     n, h, w = tiles.shape[:3]
     scale = max(1, round(target / h))
     th, tw = h * scale, w * scale
-    line_px = fontsize * _DPI / 72 * 1.22
+    font = _font(fontsize)
+    line_px = round(fontsize * _DPI / 72 * 1.25)
     lines = max((len(c) for c in captions), default=0)
-    caption_h = math.ceil(lines * line_px) + (5 if lines else 0)
-    widest = max((len(text) for c in captions for text, _ in c), default=0)
-    text_w = math.ceil(widest * fontsize * _DPI / 72 * 0.6)  # DejaVu Sans: ~0.6 em a char
-    gap = max(10, frame + 6)
-    cell_w, cell_h = max(tw + 2 * frame + gap, text_w + 8), caption_h + th + 2 * frame + gap
-    title_lines = title.count("\n") + 1 if title else 0
-    title_h = math.ceil(title_lines * title_size * _DPI / 72 * 1.3) + 10 if title else 0
-    title_w = (
-        max(len(s) for s in title.split("\n")) * title_size * _DPI / 72 * 0.66 if title else 0
-    )
-    margin = 8
-    width = max(cols * cell_w, math.ceil(title_w)) + 2 * margin
+    caption_h = lines * line_px + (4 if lines else 0)
+    widest = max((font.getlength(text) for c in captions for text, _ in c), default=0)
+    gap = max(12, frame + 8)
+    cell_w = max(tw + 2 * frame + gap, math.ceil(widest) + 14)
+    cell_h = caption_h + th + 2 * frame + gap
+    title_font = _font(title_size, bold=True)
+    title_lines = title.split("\n") if title else []
+    title_line_px = round(title_size * _DPI / 72 * 1.3)
+    title_h = len(title_lines) * title_line_px + 10 if title else 0
+    title_w = max((title_font.getlength(s) for s in title_lines), default=0)
+    margin = 10
+    width = max(cols * cell_w, math.ceil(title_w) + 8) + 2 * margin
     height = rows * cell_h + title_h + 2 * margin - gap // 2
     left = margin + (width - 2 * margin - cols * cell_w) // 2
 
-    canvas = np.full((height, width, 4), 255, dtype=np.uint8)
-    frame_rgba = {c: (to_rgba_array(c)[0] * 255).round().astype(np.uint8) for c in set(frames)
-                  if c is not None}
-    fig = _figure(width / _DPI, height / _DPI)
+    raster = _Raster(width, height)
+    pixels = raster.pixels
+    spots = []
     for k in range(n):
         r, c = divmod(k, cols)
         x0 = left + c * cell_w + (cell_w - tw - 2 * frame) // 2  # the frame's outer corner
         y0 = margin + title_h + r * cell_h + caption_h
         if frames[k] is not None and frame:
-            canvas[y0 : y0 + th + 2 * frame, x0 : x0 + tw + 2 * frame] = frame_rgba[frames[k]]
-        tile = tiles[k]
+            pixels[y0 : y0 + th + 2 * frame, x0 : x0 + tw + 2 * frame] = _rgb(frames[k])
+        tile = tiles[k, :, :, :3]
         if scale > 1:
             tile = tile.repeat(scale, axis=0).repeat(scale, axis=1)
-        canvas[y0 + frame : y0 + frame + th, x0 + frame : x0 + frame + tw] = tile
-        centre = (x0 + frame + tw / 2) / width
-        for i, (text, color) in enumerate(reversed(captions[k])):  # upwards from the tile
-            y = (height - y0 + 3 + i * line_px) / height
-            fig.text(centre, y, text, ha="center", va="bottom", fontsize=fontsize, color=color)
-    fig.figimage(canvas, 0, 0, origin="upper", resize=False)
-    if title:
-        fig.text(0.5, 1 - (margin + 2) / height, title, ha="center", va="top",
-                 fontsize=title_size, fontweight="bold", linespacing=1.25)
-    return fig
+        pixels[y0 + frame : y0 + frame + th, x0 + frame : x0 + frame + tw] = tile
+        spots.append((x0 + frame + tw / 2, y0))
+    draw = raster.draw()
+    for (centre, y0), caption in zip(spots, captions, strict=False):
+        for i, (text, color) in enumerate(reversed(caption)):  # upwards from the tile
+            draw.text((centre, y0 - 3 - i * line_px), text, font=font, fill=color, anchor="md")
+    for i, line in enumerate(title_lines):
+        draw.text((width / 2, margin + i * title_line_px), line, font=title_font,
+                  fill="black", anchor="ma")
+    return raster
+
+
+class _Raster:
+    """A white RGB picture: NumPy pixels first (tiles, cells, bars), then Pillow text."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.pixels = np.full((height, width, 3), 255, dtype=np.uint8)
+        self.image: Any = None
+
+    def draw(self) -> Any:
+        from PIL import Image, ImageDraw
+
+        if self.image is None:
+            self.image = Image.fromarray(self.pixels)
+        return ImageDraw.Draw(self.image)
+
+    def paste_rotated(self, text: str, font: Any, color: str, point: tuple[float, float],
+                      degrees: float, at: str) -> None:
+        """``text`` turned ``degrees`` anticlockwise, its right end (``at="right"``) or
+        its middle (``"centre"``) put at ``point``."""
+        from PIL import Image, ImageDraw
+
+        _left, top, right, bottom = font.getbbox(text)
+        lift = 1 - min(top, 0)
+        w, h = math.ceil(right) + 2, math.ceil(bottom + lift) + 1
+        mask = Image.new("L", (w, h), 0)
+        ImageDraw.Draw(mask).text((1, lift), text, font=font, fill=255)
+        turned = mask.rotate(degrees, resample=Image.Resampling.BICUBIC, expand=True)
+        theta = math.radians(degrees)
+        dx = 1 + right - w / 2 if at == "right" else 0.0
+        dy = lift + (top + bottom) / 2 - h / 2
+        x = turned.width / 2 + dx * math.cos(theta) + dy * math.sin(theta)
+        y = turned.height / 2 - dx * math.sin(theta) + dy * math.cos(theta)
+        ink = Image.new("RGB", turned.size, color)
+        self.draw()
+        self.image.paste(ink, (round(point[0] - x), round(point[1] - y)), turned)
+
+
+def _save_raster(raster: _Raster, path: PathLike) -> Path:
+    """Write the picture as PNG (at ``_DPI``), atomically, and return the path."""
+    from PIL import Image
+
+    image = raster.image if raster.image is not None else Image.fromarray(raster.pixels)
+    target = Path(path)
+    with atomic_writer(target) as handle:
+        image.save(handle, format="PNG", dpi=(_DPI, _DPI), compress_level=_PNG_LEVEL)
+    return target
+
+
+def _font(points: float, bold: bool = False) -> Any:
+    """DejaVu Sans (matplotlib's own font, so the pictures match its plots) at ``points``."""
+    key = (round(points * _DPI / 72), bold)
+    font = _FONTS.get(key)
+    if font is None:
+        import importlib.util
+
+        from PIL import ImageFont
+
+        spec = importlib.util.find_spec("matplotlib")
+        assert spec is not None and spec.submodule_search_locations
+        folder = Path(next(iter(spec.submodule_search_locations))) / "mpl-data" / "fonts" / "ttf"
+        name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
+        font = _FONTS[key] = ImageFont.truetype(str(folder / name), key[0])
+    return font
+
+
+_FONTS: dict[tuple[int, bool], Any] = {}
+_PNG_LEVEL = 1  # fastest zlib level: pictures of flat colour barely grow (~20%)
+
+
+def _rgb(color: str) -> tuple[int, int, int]:
+    """'#rrggbb' -> (r, g, b)."""
+    value = color.lstrip("#")
+    return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
+
+
+def _nice_ticks(top: float, most: int = 6) -> list[float]:
+    """Round tick values from 0 to at most ``top``, at most ``most`` of them."""
+    if top <= 0:
+        return [0.0]
+    raw = top / (most - 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    return [i * step for i in range(int(top / step + 1e-9) + 1)]
+
 
 
 # ---------------------------------------------------------------------- learning curves
@@ -333,19 +417,15 @@ def confusion_matrix_plot(
     count written in each cell.
 
     The diagonal is blue by the share of its class recognized; mistakes are red, scaled
-    to the most common mistake, so a 1% confusion stays visible next to a diagonal of
-    thousands. Empty off-diagonal cells are left blank. The cells are one RGBA image.
+    to the most common mistake (the colour bar on the right), so a 1% confusion stays
+    visible next to a diagonal of thousands. Empty off-diagonal cells are left blank.
+    Drawn as pixels (NumPy cells, Pillow text), with no matplotlib figure at all.
     """
     matrix = np.asarray(cm)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] == 0:
         raise ValueError(f"confusion matrix must be square (C, C), got shape {matrix.shape}")
     if not np.issubdtype(matrix.dtype, np.number) or (matrix < 0).any():
         raise ValueError("confusion matrix must hold non-negative counts")
-    from matplotlib import colormaps
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-    from matplotlib.ticker import PercentFormatter
-
     k = matrix.shape[0]
     names = _class_names(class_names, k)
     totals = matrix.sum(axis=1, keepdims=True).astype(np.float64)
@@ -353,65 +433,89 @@ def confusion_matrix_plot(
     diagonal = np.eye(k, dtype=bool)
     worst_mistake = float(share[~diagonal].max()) if k > 1 else 0.0
     top = max(worst_mistake, 1e-12) * 1.15  # keep the worst cell readable, not black
-    rgba = colormaps["Reds"](np.clip(share / top, 0, 1), bytes=True)
-    rgba[diagonal] = colormaps["Blues"](share[diagonal], bytes=True)
-    rgba[~diagonal & (matrix == 0)] = 255  # nothing there: blank
+    colors = _colorize(share / top, "Reds", 0.0, 1.0)[..., :3]
+    colors[diagonal] = _colorize(share[diagonal], "Blues", 0.0, 1.0)[:, :3]
+    colors[~diagonal & (matrix == 0)] = 255  # nothing there: blank
 
-    longest = max(len(name) for name in names)
-    rotate = longest > 2
-    side = max(5.0, 0.6 * k + 1.5) + min(longest, 14) * 0.07
-    width, height = side + 1.1, side
-    label_in = min(longest, 14) * 0.085  # tick labels' room, inches
-    left, bottom = 0.55 + label_in, 0.5 + (label_in * 0.75 if rotate else 0.2)
-    right, top_in = 1.25 if worst_mistake > 0 else 0.3, 0.45
-    box = min(width - left - right, height - bottom - top_in)  # square cells
-    fig = _figure(width, height)
-    ax = fig.add_axes((left / width, bottom / height, box / width, box / height))
-    ax.imshow(rgba, interpolation="nearest", aspect="auto")
-    edges = np.arange(k + 1) - 0.5
-    ax.hlines(edges[1:-1], -0.5, k - 0.5, colors="white", linewidth=1.0)
-    ax.vlines(edges[1:-1], -0.5, k - 0.5, colors="white", linewidth=1.0)
-    fontsize = 9 if k <= 10 else max(5, 9 - (k - 10) // 3)
+    cell = 66 if k <= 10 else max(22, 700 // k)
+    cell_font = _font(9 if k <= 10 else max(5, 9 - (k - 10) // 3))
+    tick_font, label_font, title_font = _font(10), _font(10), _font(12, bold=True)
+    name_w = max(tick_font.getlength(name) for name in names)
+    text_h = round(10 * _DPI / 72)  # one line of 10 pt
+    rotate = max(len(name) for name in names) > 2
+    under = (name_w + text_h) * 0.72 if rotate else text_h  # x tick labels' depth
+    side = k * cell
+    mx = 12 + text_h + 12 + math.ceil(name_w) + 10
+    my = 14 + round(12 * _DPI / 72) + 14
+    bar = worst_mistake > 0
+    pct_w = tick_font.getlength("00.0%")
+    width = mx + side + (28 + 20 + 10 + math.ceil(pct_w) + 12 + text_h + 14 if bar else 24)
+    height = my + side + 10 + math.ceil(under) + 12 + text_h + 14
+    raster = _Raster(width, height)
+    pixels = raster.pixels
+    block = colors.repeat(cell, axis=0).repeat(cell, axis=1)
+    pixels[my : my + side, mx : mx + side] = block
+    for edge in range(1, k):  # white lines between the cells
+        pixels[my + edge * cell - 1 : my + edge * cell + 1, mx : mx + side] = 255
+        pixels[my : my + side, mx + edge * cell - 1 : mx + edge * cell + 1] = 255
+    dark = np.array(_rgb(_TEXT_COLOR), dtype=np.uint8)
+    _box(pixels, mx - 1, my - 1, side + 2, side + 2, dark)
+    centres = [round((i + 0.5) * cell) for i in range(k)]
+    for c in centres:  # tick marks, out of the frame
+        pixels[my + side + 1 : my + side + 6, mx + c] = dark
+        pixels[my + c, mx - 6 : mx - 1] = dark
+    if bar:
+        bx, bh = mx + side + 28, round(side * 0.75)
+        by = my + (side - bh) // 2
+        ramp = np.linspace(1.0, 0.0, bh)[:, None].repeat(20, axis=1)
+        pixels[by : by + bh, bx : bx + 20] = _colorize(ramp, "Reds", 0.0, 1.0)[..., :3]
+        _box(pixels, bx - 1, by - 1, 22, bh + 2, dark)
+        bar_ticks = [(by + bh - round(v / top * bh), v) for v in _nice_ticks(top)]
+        for y, _v in bar_ticks:
+            pixels[min(y, by + bh - 1), bx + 21 : bx + 26] = dark
+
+    draw = raster.draw()
     for i in range(k):
         for j in range(k):
             count = matrix[i, j]
             if count == 0 and i != j:
                 continue
             strong = share[i, j] > 0.55 if i == j else share[i, j] > 0.6 * worst_mistake
-            ax.text(
-                j,
-                i,
-                f"{count:,}" if float(count).is_integer() else f"{count:.2f}",
-                ha="center",
-                va="center",
-                fontsize=fontsize,
-                color="white" if strong else "#222222",
-            )
-    ax.set_xticks(
-        range(k),
-        names,
-        rotation=45 if rotate else 0,
-        ha="right" if rotate else "center",
-        rotation_mode="anchor",
-    )
-    ax.set_yticks(range(k), names)
-    ax.set_xlim(-0.5, k - 0.5)
-    ax.set_ylim(k - 0.5, -0.5)
-    ax.set_xlabel("Predicted label")
-    ax.set_ylabel("True label")
+            draw.text((mx + centres[j], my + centres[i]),
+                      f"{count:,}" if float(count).is_integer() else f"{count:.2f}",
+                      font=cell_font, fill="white" if strong else _TEXT_COLOR, anchor="mm")
+    for i, name in enumerate(names):
+        draw.text((mx - 9, my + centres[i]), name, font=tick_font, fill=_TEXT_COLOR,
+                  anchor="rm")
+        if rotate:
+            raster.paste_rotated(name, tick_font, _TEXT_COLOR,
+                                 (mx + centres[i] + 4, my + side + 10), 45, at="right")
+        else:
+            draw.text((mx + centres[i], my + side + 9), name, font=tick_font, fill=_TEXT_COLOR,
+                      anchor="mt")
+    draw.text((mx + side / 2, height - 12), "Predicted label", font=label_font,
+              fill=_TEXT_COLOR, anchor="md")
+    raster.paste_rotated("True label", label_font, _TEXT_COLOR, (12 + text_h / 2, my + side / 2),
+                         90, at="centre")
     total = matrix.sum()
     accuracy = np.trace(matrix) / total if total else float("nan")
-    ax.set_title(
-        title or f"Confusion matrix (accuracy {accuracy:.2%})", fontsize=12, fontweight="bold"
-    )
-    if worst_mistake > 0:
-        bar_h = box * 0.75
-        cax = fig.add_axes(((left + box + 0.3) / width, (bottom + (box - bar_h) / 2) / height,
-                            0.22 / width, bar_h / height))
-        colorbar = fig.colorbar(ScalarMappable(Normalize(0, top), "Reds"), cax=cax)
-        colorbar.set_label("mistakes: share of the true class")
-        colorbar.ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
-    return _save(fig, path)
+    draw.text((mx + side / 2, 14), title or f"Confusion matrix (accuracy {accuracy:.2%})",
+              font=title_font, fill="black", anchor="ma")
+    if bar:
+        for y, v in bar_ticks:
+            draw.text((bx + 29, y), f"{v:.1%}", font=tick_font, fill=_TEXT_COLOR, anchor="lm")
+        raster.paste_rotated("mistakes: share of the true class", label_font, _TEXT_COLOR,
+                             (bx + 29 + pct_w + 10 + text_h / 2, by + bh / 2), 90, at="centre")
+    return _save_raster(raster, path)
+
+
+def _box(pixels: np.ndarray, x: int, y: int, w: int, h: int, color: np.ndarray) -> None:
+    """A 1 px outline."""
+    pixels[y, x : x + w] = color
+    pixels[y + h - 1, x : x + w] = color
+    pixels[y : y + h, x] = color
+    pixels[y : y + h, x + w - 1] = color
+
 
 
 def first_layer_weights(
@@ -433,12 +537,12 @@ def first_layer_weights(
     scales = np.abs(tiles[:n]).max(axis=(1, 2), keepdims=True)
     unit = tiles[:n] / np.where(scales > 0, scales, 1.0)  # each tile in -1..1
     rgba = _colorize(unit, _WEIGHT_CMAP, -1.0, 1.0)
-    fig = _tile_figure(
+    raster = _tile_image(
         rgba, rows, cols, [[] for _ in range(n)], [_FRAME_COLOR] * n,
         title or f"First-layer weights ({n} of {len(tiles)} units; red +, blue -)",
         fontsize=9, target=80 if tiles.shape[1] < 10 else 84, frame=1, title_size=11,
     )
-    return _save(fig, path)
+    return _save_raster(raster, path)
 
 
 # ---------------------------------------------------------------------------- helpers
