@@ -14,9 +14,17 @@ admitted against one budget:
   in line until the budget has room; at most one decode per core runs at a time;
 * an image whose estimate alone exceeds the budget is refused with 422.
 
-Measured (tests/test_serve_load.py, 32 concurrent worst-case uploads): the idle server
-holds about 70 MiB; the budget adds at most 320 MiB; per-connection buffers at most
-``MAX_CONNECTIONS`` x ~0.2 MiB; allocator slack and the model the rest.
+Worst case: the idle server holds about 70 MiB; the budget adds at most 384 MiB of
+estimated decode memory (the estimates run 10-80% above what decodes measure); the
+connections at most ``MAX_CONNECTIONS`` x ~0.2 MiB (spool, uvicorn's buffer); glibc is
+told to return big blocks at once (``run_server``). Measured (tests/test_serve_load.py,
+32 concurrent worst-case uploads, 2 and 16 decode slots): a 332-334 MiB peak.
+
+The pixel cap stays ``MAX_PIXELS`` (40 MP): what phones send by default (12 and 24 MP)
+and canvases (280x280 from the draw page) is well inside it, and since an image is
+reduced to working size while it decodes, a 40 MP one is estimated at 190-330 MiB (a
+16-bit or RGBA PNG, a progressive 4:4:4 JPEG), which the budget admits one at a time; a
+progressive CMYK JPEG that size (about 400 MiB) is refused.
 """
 
 from __future__ import annotations
@@ -33,8 +41,8 @@ MEMORY_BOUND_MIB = 600
 """The resident-memory bound the server is held to (and tests/test_serve_load.py checks)."""
 
 MAX_IMAGE_BYTES = MAX_FILE_BYTES
-"""Largest image upload (20 MiB, as for files): 12 MP phone JPEGs run 3-12 MB, the 24 and
-48 MP ones recent phones take up to about 20 MB; the old 8 MiB refused many of them."""
+"""Largest image upload (20 MiB, as for files): 12 MP phone JPEGs run 3-12 MB and the 24 MP
+ones recent phones take by default more; the old 8 MiB limit refused many of them."""
 
 MAX_BODY_BYTES = MAX_IMAGE_BYTES + 64 * 1024
 """Largest request body: a 20 MiB image plus room for multipart framing."""
