@@ -45,10 +45,24 @@ def test_convert_idx_to_csv_and_back_is_lossless(tmp_path, mnist):
     np.testing.assert_array_equal(images, x_test)
     np.testing.assert_array_equal(labels, y_test)
 
+    # header-less by default, as the course's files: its own loader reads them as they are
+    table = np.loadtxt(csv_path, delimiter=",", max_rows=3)
+    np.testing.assert_array_equal(table[:, 0], y_test[:3])
+    np.testing.assert_array_equal(table[:, 1:], x_test[:3].reshape(3, -1))
+
     idx_path = tmp_path / "t10k-images-idx3-ubyte.gz"
     assert main(["data", "convert", str(csv_path), str(idx_path)]) == 0
     np.testing.assert_array_equal(read_idx(idx_path), x_test)
     np.testing.assert_array_equal(read_idx(tmp_path / "t10k-labels-idx1-ubyte.gz"), y_test)
+
+
+def test_convert_writes_a_header_when_asked_and_reads_it_back(tmp_path, mnist):
+    csv_path = tmp_path / "with_header.csv"
+    assert main(["data", "convert", "mnist:test", str(csv_path), "--header"]) == 0
+    with open(csv_path) as f:
+        assert f.readline().startswith("label,pixel0,pixel1,")
+    images, labels = read_csv(csv_path)
+    np.testing.assert_array_equal(labels, mnist[1][1])
 
 
 def test_convert_reports_a_malformed_csv_without_a_traceback(tmp_path, capsys):

@@ -28,11 +28,17 @@ def test_images_and_labels_survive_a_round_trip(tmp_path_factory, images, seed, 
     assert back_images.dtype == np.uint8 and back_labels.dtype == np.uint8
 
 
-def test_header_row_is_written_in_the_common_layout(tmp_path):
+def test_header_row_is_written_in_the_common_layout_when_asked(tmp_path):
     path = tmp_path / "d.csv"
-    write_csv(path, np.zeros((1, 28, 28), np.uint8), np.array([3]))
+    write_csv(path, np.zeros((1, 28, 28), np.uint8), np.array([3]), header=True)
     header = path.read_text().splitlines()[0].split(",")
     assert header[:2] == ["label", "pixel0"] and header[-1] == "pixel783"
+
+
+def test_by_default_there_is_no_header_as_in_the_course_files(tmp_path):
+    path = tmp_path / "d.csv"
+    write_csv(path, np.zeros((1, 28, 28), np.uint8), np.array([3]))
+    assert path.read_text().splitlines()[0].split(",")[:2] == ["3", "0"]
 
 
 def _csv(tmp_path, rows: list[list[str]]) -> str:

@@ -84,7 +84,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument(
         "--labels", type=Path, help="labels IDX file (read for IDX->CSV, written for CSV->IDX)"
     )
-    convert.add_argument("--no-header", action="store_true", help="omit the CSV header row")
+    convert.add_argument("--header", action="store_true",
+                         help="start the CSV with a label,pixel0,... header row (by default "
+                              "none, as the course's mnist_train.csv: np.loadtxt reads it)")
     convert.set_defaults(func=cmd_convert)
 
 
@@ -206,7 +208,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     check_output_file(args.dst, "DST")
     images, labels = _read_any(args.src, args.labels)
     if _is_csv(str(args.dst)):
-        write_csv(args.dst, images, labels, header=not args.no_header)
+        write_csv(args.dst, images, labels, header=args.header)
         print(f"wrote {args.dst} ({len(images):,} rows)")
     else:
         labels_path = args.labels or _labels_name(args.dst)

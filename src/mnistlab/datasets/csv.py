@@ -130,9 +130,10 @@ class _Rows:
 
 
 def write_csv(
-    path: str | os.PathLike[str], images: np.ndarray, labels: np.ndarray, *, header: bool = True
+    path: str | os.PathLike[str], images: np.ndarray, labels: np.ndarray, *, header: bool = False
 ) -> None:
-    """Write images and labels as ``label,pixel0,...`` rows (with a header row by default)."""
+    """Write images and labels as ``label,pixel0,...`` rows; no header row unless asked, as
+    the course's CSV files (``np.loadtxt(path, delimiter=",")`` reads them as they are)."""
     images = np.asarray(images)
     labels = np.asarray(labels)
     if images.ndim != 3 or len(images) != len(labels):
