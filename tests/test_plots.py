@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -127,6 +129,105 @@ def test_compare_curves(tmp_path: Path) -> None:
     path = tmp_path / "cmp.png"
     assert_png(path, compare_curves(runs, path))
     assert_png(path, compare_curves(runs, path, metric="loss"))
+
+
+# ------------------------------------------------------- what the composed grids show
+
+RED = (0xC6, 0x28, 0x28)  # plots._WRONG_COLOR: frames and wrong answers
+GREEN = (0x1B, 0x7A, 0x3A)  # plots._RIGHT_COLOR: the true label on a mistake
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def framed_cells(path: Path, color: tuple[int, int, int], side: int, frame: int = 2) -> int:
+    """How many tiles wear a ``color`` frame: each frame's top and bottom edges are ``frame``
+    rows each of a run of at least ``side`` pixels of that colour (no text makes one)."""
+    mask = (pixels(path) == color).all(axis=2)
+    padded = np.pad(mask, ((0, 0), (1, 1))).astype(np.int8)
+    edges = np.diff(padded, axis=1)
+    starts, ends = np.nonzero(edges == 1), np.nonzero(edges == -1)
+    runs = ends[1] - starts[1]  # row-major order: starts and ends pair up
+    edge_rows = int((runs >= side).sum())
+    assert edge_rows % (2 * frame) == 0
+    return edge_rows // (2 * frame)
+
+
+def ink(path: Path, color: tuple[int, int, int]) -> int:
+    return int((pixels(path) == color).all(axis=2).sum())
+
+
+@pytest.mark.parametrize("count", [1, 7, 12, 25])
+def test_misclassified_grid_shows_one_framed_cell_per_mistake(tmp_path: Path, count: int) -> None:
+    records = [{"index": i, "label": int(LABELS[i]), "prediction": (int(LABELS[i]) + 1) % 10,
+                "confidence": 0.9} for i in range(count)]
+    path = tmp_path / "wrong.png"
+    width, height = assert_png(path, misclassified_grid(IMAGES, records, path))
+    assert framed_cells(path, RED, side=140) == count  # 28 px digits shown 5x
+    assert ink(path, GREEN) > 0  # the true labels, in green over the red predictions
+    cols = int(np.ceil(np.sqrt(count)))
+    assert width >= cols * 140 and height >= int(np.ceil(count / cols)) * (140 + 30)
+
+
+def test_misclassified_grid_captions_fit_class_names(tmp_path: Path) -> None:
+    records = [{"index": i, "label": 9, "prediction": 0, "confidence": 1.0} for i in range(4)]
+    digits = assert_png(tmp_path / "d.png", misclassified_grid(IMAGES, records, tmp_path / "d.png"))
+    named = misclassified_grid(IMAGES, records, tmp_path / "n.png", class_names=FASHION)
+    assert assert_png(tmp_path / "n.png", named)[0] > digits[0]  # wider cells for the names
+
+
+def test_digit_grid_frames_wrong_answers_red_and_captions_take_room(tmp_path: Path) -> None:
+    wrong = [i % 3 == 0 for i in range(25)]  # 9 of 25
+    path = tmp_path / "marked.png"
+    pairs = zip(LABELS[:25], wrong, strict=True)
+    captions = [f"{t}\n→ {(t + 1) % 10}" if w else str(t) for t, w in pairs]
+    assert_png(path, digit_grid(IMAGES, captions, path, wrong=wrong))
+    assert framed_cells(path, RED, side=112) == 9
+    bare = assert_png(tmp_path / "bare.png", digit_grid(IMAGES, None, tmp_path / "bare.png"))
+    assert bare[1] < Image.open(path).size[1]  # the captions add height
+    assert ink(tmp_path / "bare.png", RED) == 0
+    with pytest.raises(ValueError, match="wrong flags"):
+        digit_grid(IMAGES, None, tmp_path / "x.png", count=5, wrong=[True])
+
+
+def test_confusion_matrix_colours_mistakes_red_and_a_perfect_one_not(tmp_path: Path) -> None:
+    cm = np.diag(np.full(10, 900)) + np.eye(10, k=1, dtype=int) * 30
+    path = tmp_path / "cm.png"
+    width, height = assert_png(path, confusion_matrix_plot(cm, path))
+    assert 600 < width < 1400 and 600 < height < 1400
+    rgb = pixels(path).astype(int)
+    reddish = (rgb[..., 0] > 150) & (rgb[..., 1] < 90) & (rgb[..., 2] < 90)
+    blueish = (rgb[..., 2] > 90) & (rgb[..., 0] < 40)
+    assert reddish.sum() > 9 * 40 * 40 and blueish.sum() > 10 * 40 * 40  # 9 mistakes, 10 hits
+    perfect = confusion_matrix_plot(np.diag(np.full(10, 100)), tmp_path / "p.png")
+    rgb = pixels(perfect).astype(int)
+    assert not ((rgb[..., 0] > 150) & (rgb[..., 1] < 90) & (rgb[..., 2] < 90)).any()  # no bar
+
+
+def test_first_layer_weights_tiles_are_framed(tmp_path: Path) -> None:
+    path = tmp_path / "w.png"
+    assert_png(path, first_layer_weights(RNG.normal(size=(784, 9)), path))
+    assert framed_cells(path, (0xC8, 0xC8, 0xC8), side=84, frame=1) == 9  # 28 px shown 3x
+    rgb = pixels(path).astype(int)
+    assert ((rgb[..., 0] > 150) & (rgb[..., 2] < 100)).sum() > 0  # red, positive weights
+    assert ((rgb[..., 2] > 150) & (rgb[..., 0] < 100)).sum() > 0  # blue, negative weights
+
+
+def test_plotting_imports_matplotlib_figure_only_for_curves() -> None:
+    code = (
+        "import sys, numpy as np\n"
+        "import mnistlab.reporting.runs\n"
+        "from mnistlab.reporting import plots\n"
+        "assert 'matplotlib' not in sys.modules\n"
+        "import tempfile\n"
+        "d = tempfile.mkdtemp()\n"
+        "plots.digit_grid(np.zeros((4, 28, 28), np.uint8), [1, 2, 3, 4], d + '/a.png')\n"
+        "plots.confusion_matrix_plot(np.eye(3), d + '/b.png')\n"
+        "assert 'matplotlib.figure' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 # ---------------------------------------------------------------------------- bad input
