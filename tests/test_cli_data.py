@@ -62,6 +62,7 @@ def test_convert_writes_a_header_when_asked_and_reads_it_back(tmp_path, mnist):
     with open(csv_path) as f:
         assert f.readline().startswith("label,pixel0,pixel1,")
     images, labels = read_csv(csv_path)
+    np.testing.assert_array_equal(images, mnist[1][0])
     np.testing.assert_array_equal(labels, mnist[1][1])
 
 

@@ -11,8 +11,7 @@ from threadpoolctl import threadpool_info
 
 from mnistlab import Sequential
 from mnistlab.engines import numpy as model_module
-from mnistlab.nn import parallel
-from mnistlab.nn import Conv2D, Dense, Dropout, Flatten, MaxPooling2D
+from mnistlab.nn import Conv2D, Dense, Dropout, Flatten, MaxPooling2D, parallel
 from mnistlab.nn.parallel import run_each, single_threaded_blas
 
 
