@@ -16,6 +16,7 @@ fixed layout computed from its size (no constrained layout).
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -133,6 +134,272 @@ def misclassified_grid(
         title or f"Misclassified ({n} shown)", fontsize=9, target=140, frame=2,
     )
     return _save_raster(raster, path)
+
+
+class _Panel:
+    """One line chart drawn with Pillow at ``_SS`` times the size, for smooth lines once
+    scaled down: axes, grid, ticks, labels, lines, markers, a legend. Coordinates are the
+    final picture's pixels; ``x``/``y`` map data to them."""
+
+    def __init__(self, draw: Any, box: tuple[float, float, float, float],
+                 xlim: tuple[float, float], ylim: tuple[float, float], *,
+                 integer_x: bool = False, xticks: Sequence[float] | None = None) -> None:
+        self.draw, self.box, self.xlim, self.ylim = draw, box, xlim, ylim
+        self.xticks = list(xticks) if xticks is not None else _nice_range(*xlim, integer_x)
+        self.yticks = _nice_range(*ylim, False)
+
+    def x(self, value: float) -> float:
+        x0, _, x1, _ = self.box
+        lo, hi = self.xlim
+        return x0 + (value - lo) / ((hi - lo) or 1.0) * (x1 - x0)
+
+    def y(self, value: float) -> float:
+        _, y0, _, y1 = self.box
+        lo, hi = self.ylim
+        return y1 - (value - lo) / ((hi - lo) or 1.0) * (y1 - y0)
+
+    def frame(self, title: str, xlabel: str, ylabel: str) -> None:
+        d, s = self.draw, _SS
+        x0, y0, x1, y1 = self.box
+        tick_font = _font(10 * s)
+        for labels, ticks, horizontal in ((self.xticks, self.xticks, False),
+                                          (self.yticks, self.yticks, True)):
+            texts = _tick_texts(labels)
+            for value, text in zip(ticks, texts, strict=True):
+                if horizontal:
+                    y = self.y(value)
+                    d.line([(x0 * s, y * s), (x1 * s, y * s)], fill=_GRID_COLOR, width=s)
+                    d.line([((x0 - 5) * s, y * s), (x0 * s, y * s)], fill=_TEXT_COLOR, width=s)
+                    d.text(((x0 - 8) * s, y * s), text, font=tick_font, fill=_TEXT_COLOR,
+                           anchor="rm")
+                else:
+                    x = self.x(value)
+                    d.line([(x * s, y0 * s), (x * s, y1 * s)], fill=_GRID_COLOR, width=s)
+                    d.line([(x * s, y1 * s), (x * s, (y1 + 5) * s)], fill=_TEXT_COLOR, width=s)
+                    d.text((x * s, (y1 + 8) * s), text, font=tick_font, fill=_TEXT_COLOR,
+                           anchor="ma")
+        d.line([(x0 * s, y0 * s), (x0 * s, y1 * s), (x1 * s, y1 * s)], fill=_TEXT_COLOR,
+               width=s)
+        label_font = _font(10 * s)
+        d.text(((x0 + x1) / 2 * s, (y1 + 30) * s), xlabel, font=label_font, fill=_TEXT_COLOR,
+               anchor="ma")
+        widest = max(tick_font.getlength(t) for t in _tick_texts(self.yticks)) / s
+        self.ylabel = (ylabel, x0 - 14 - widest)
+        d.text(((x0 + x1) / 2 * s, (y0 - 7) * s), title, font=_font(12 * s), fill="black",
+               anchor="md")
+
+    def line(self, xs: np.ndarray, ys: np.ndarray, color: str, width_pt: float,
+             dashed: bool = False, marker: float = 0.0) -> None:
+        d, s = self.draw, _SS
+        width = max(1, round(width_pt * _DPI / 72 * s))
+        finite = np.isfinite(ys)
+        points = [(self.x(a) * s, self.y(b) * s) for a, b in zip(xs, ys, strict=True)]
+        run: list[tuple[float, float]] = []
+        for point, ok in zip(points, finite, strict=True):
+            if ok:
+                run.append(point)
+            elif run:
+                self._polyline(run, color, width, dashed)
+                run = []
+        if run:
+            self._polyline(run, color, width, dashed)
+        if marker:
+            r = marker * _DPI / 72 * s / 2
+            for (px, py), ok in zip(points, finite, strict=True):
+                if ok:
+                    d.ellipse([px - r, py - r, px + r, py + r], fill=color)
+
+    def _polyline(self, run: list[tuple[float, float]], color: str, width: int,
+                  dashed: bool) -> None:
+        if len(run) == 1:
+            return
+        if not dashed:
+            self.draw.line(run, fill=color, width=width, joint="curve")
+            return
+        on, off = 3.7 * width, 1.6 * width  # matplotlib's "--" pattern, in line widths
+        phase, drawing = 0.0, True
+        for (ax, ay), (bx, by) in itertools.pairwise(run):
+            length = math.hypot(bx - ax, by - ay)
+            t = 0.0
+            while t < length:
+                span = (on if drawing else off) - phase
+                step = min(span, length - t)
+                if drawing:
+                    f0, f1 = t / length, (t + step) / length
+                    self.draw.line([(ax + (bx - ax) * f0, ay + (by - ay) * f0),
+                                    (ax + (bx - ax) * f1, ay + (by - ay) * f1)],
+                                   fill=color, width=width)
+                t += step
+                phase += step
+                if phase >= (on if drawing else off) - 1e-9:
+                    phase, drawing = 0.0, not drawing
+
+    def legend(self, entries: Sequence[tuple[str, str, bool]], corner: str) -> None:
+        d, s = self.draw, _SS
+        font = _font(9 * s)
+        x0, y0, x1, y1 = self.box
+        row = 9 * _DPI / 72 * 1.45
+        widest = max(font.getlength(text) for text, _, _ in entries) / s
+        left = x1 - 10 - 30 - widest if corner.endswith("right") else x0 + 10
+        top = y0 + 8 if corner.startswith("upper") else y1 - 8 - row * len(entries)
+        width = max(1, round(1.6 * _DPI / 72 * s))
+        for i, (text, color, dashed) in enumerate(entries):
+            y = (top + row * (i + 0.5)) * s
+            if dashed:
+                for a in (0, 11):
+                    d.line([((left + a) * s, y), ((left + a + 8) * s, y)], fill=color,
+                           width=width)
+            else:
+                d.line([(left * s, y), ((left + 20) * s, y)], fill=color, width=width)
+            r = 2.7 * s
+            d.ellipse([(left + 10) * s - r, y - r, (left + 10) * s + r, y + r], fill=color)
+            d.text(((left + 28) * s, y), text, font=font, fill=_TEXT_COLOR, anchor="lm")
+
+
+_SS = 2  # supersampling of the line charts
+_GRID_COLOR = "#e6e6e6"
+
+
+def _nice_range(lo: float, hi: float, integer: bool) -> list[float]:
+    """Round tick values inside [lo, hi], about 6 of them."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return [lo]
+    raw = (hi - lo) / 6
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw * 0.999)
+    if integer:
+        step = max(1.0, round(step))
+    first = math.ceil(lo / step - 1e-9)
+    return [i * step for i in range(first, math.floor(hi / step + 1e-9) + 1)]
+
+
+def _tick_texts(values: Sequence[float]) -> list[str]:
+    """Tick labels with as many decimals as their spacing needs, as matplotlib writes them."""
+    if len(values) < 2:
+        return [_fmt(v) if not float(v).is_integer() else str(int(v)) for v in values]
+    step = float(f"{min(abs(b - a) for a, b in itertools.pairwise(values)):.9g}") or 1.0
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    if step * 10**decimals % 1 > 1e-6:
+        decimals += 1
+    return [f"{v:.{decimals}f}".replace("-0", "0") if decimals or abs(v) < 1e15 else str(v)
+            for v in ([0.0 if abs(v) < step * 1e-9 else v for v in values])]
+
+
+def _limits(values: Sequence[np.ndarray], pad: float = 0.05) -> tuple[float, float]:
+    finite = np.concatenate([v[np.isfinite(v)] for v in values]) if values else np.zeros(0)
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = float(finite.min()), float(finite.max())
+    if hi - lo < 1e-12:
+        span = abs(lo) * 0.2 or 0.5
+        return lo - span, hi + span
+    return lo - (hi - lo) * pad, hi + (hi - lo) * pad
+
+
+def _curves_image(epochs: Mapping[str, np.ndarray], panels: list[str], loss_keys: list[str],
+                  acc_keys: list[str], step_points: np.ndarray | None, n_epochs: int,
+                  title: str | None) -> _Raster:
+    """The learning curves' panels side by side, drawn with Pillow (see ``_Panel``)."""
+    from PIL import Image, ImageDraw
+
+    s = _SS
+    panel_w, height = 4.6 * _DPI, 3.6 * _DPI
+    width = panel_w * len(panels) + (0.6 * _DPI if len(panels) == 1 else 0)
+    top = 0.42 * _DPI + (0.36 * _DPI if title else 0)
+    height += 0.36 * _DPI if title else 0
+    width, height = round(width), round(height)
+    image = Image.new("RGB", (width * s, height * s), "white")
+    draw = ImageDraw.Draw(image)
+    left_m, right_m, bottom_m, gap = 0.75 * _DPI, 0.25 * _DPI, 0.58 * _DPI, 0.85 * _DPI
+    axis_w = (width - left_m - right_m - gap * (len(panels) - 1)) / len(panels)
+    ylabels = []
+    for i, panel in enumerate(panels):
+        x0 = left_m + i * (axis_w + gap)
+        box = (x0, top, x0 + axis_w, height - bottom_m)
+        if panel == "steps":
+            assert step_points is not None
+            p = _Panel(draw, box, _limits([step_points[:, 0]]), _limits([step_points[:, 1]]))
+            p.frame("Training loss by step", "step", "training loss")
+            p.line(step_points[:, 0], step_points[:, 1], _TRAIN_COLOR, 1.2,
+                   marker=6 if len(step_points) == 1 else 0)
+            if n_epochs == 1:
+                lines = ["after the epoch"] + [f"{k.replace('_', ' ')}: {_fmt(v[-1])}"
+                                               for k, v in epochs.items()]
+                _text_box(draw, lines, (box[2] - 8, box[1] + 6))
+        else:
+            keys = sorted(loss_keys if panel == "loss" else acc_keys,
+                          key=lambda k: (k.startswith("val"), k))
+            series = [epochs[k] for k in keys]
+            longest = max(len(v) for v in series)
+            single = longest == 1
+            pad = (longest - 1) * 0.05
+            xlim = (0.5, 1.5) if single else (1 - pad, longest + pad)
+            ylim = _limits(series, 0.2 if single else 0.05)
+            name = "Loss" if panel == "loss" else "Accuracy"
+            p = _Panel(draw, box, xlim, ylim, integer_x=True, xticks=[1] if single else None)
+            p.frame(name, "epoch", name.lower())
+            entries = []
+            for key, values in zip(keys, series, strict=True):
+                is_val = key.startswith("val")
+                color = _VAL_COLOR if is_val else _TRAIN_COLOR
+                xs = np.arange(1, len(values) + 1)
+                p.line(xs, values, color, 1.6, dashed=is_val,
+                       marker=(3.5 if len(values) > 1 else 6) if len(values) < 30 else 0)
+                entries.append((key.replace("_", " ").replace("val ", "validation "), color,
+                                is_val))
+                if len(values) == 1 and np.isfinite(values[0]):
+                    draw.text(((p.x(1) + 10) * s, p.y(values[0]) * s), _fmt(values[0]),
+                              font=_font(9 * s), fill=_TEXT_COLOR, anchor="lm")
+            if panel == "accuracy":
+                _best_mark(draw, p, epochs)
+            p.legend(entries, "upper right" if panel == "loss" else "lower right")
+        ylabels.append((p.ylabel, (box[1] + box[3]) / 2))
+    if title:
+        draw.text((width / 2 * s, 8 * s), title, font=_font(12 * s, bold=True), fill="black",
+                  anchor="ma")
+    raster = _Raster(width, height)
+    raster.image = image.reduce(s)
+    for (text, x), y in ylabels:
+        raster.paste_rotated(text, _font(10), _TEXT_COLOR, (x - 7, y), 90, at="centre")
+    return raster
+
+
+def _text_box(draw: Any, lines: list[str], corner: tuple[float, float]) -> None:
+    """Right-aligned lines in a rounded box whose top right corner is ``corner``."""
+    s = _SS
+    font = _font(9 * s)
+    row = 9 * _DPI / 72 * 1.25
+    widest = max(font.getlength(line) for line in lines) / s
+    x1, y0 = corner
+    x0, y1 = x1 - widest - 12, y0 + row * len(lines) + 8
+    draw.rounded_rectangle([x0 * s, y0 * s, x1 * s, y1 * s], radius=5 * s, fill="white",
+                           outline="#bbbbbb", width=s)
+    for i, line in enumerate(lines):
+        draw.text(((x1 - 6) * s, (y0 + 4 + row * (i + 0.5)) * s), line, font=font,
+                  fill=_TEXT_COLOR, anchor="rm")
+
+
+def _best_mark(draw: Any, p: _Panel, epochs: Mapping[str, np.ndarray]) -> None:
+    """A star on the best validation accuracy, with its value and epoch."""
+    key = next((k for k in ("val_accuracy", "val_acc") if k in epochs), None)
+    if key is None or not np.isfinite(epochs[key]).any() or len(epochs[key]) < 2:
+        return
+    values = epochs[key]
+    best = int(np.nanargmax(values))
+    s = _SS
+    cx, cy = p.x(best + 1) * s, p.y(values[best]) * s
+    outer, inner = 12 * _DPI / 72 * s / 2, 12 * _DPI / 72 * s / 5
+    star = [(cx + (outer if i % 2 == 0 else inner) * math.sin(i * math.pi / 5),
+             cy - (outer if i % 2 == 0 else inner) * math.cos(i * math.pi / 5))
+            for i in range(10)]
+    draw.polygon(star, fill=_VAL_COLOR)
+    text = f"best {_fmt(values[best])} (epoch {best + 1})"
+    font = _font(8.5 * s)
+    half = font.getlength(text) / 2
+    x = min(max(cx, p.box[0] * s + half), p.box[2] * s - half)  # kept inside the panel
+    bbox = draw.textbbox((x, cy + 10 * s), text, font=font, anchor="ma")
+    draw.rectangle([bbox[0] - 2 * s, bbox[1] - s, bbox[2] + 2 * s, bbox[3] + s], fill="white")
+    draw.text((x, cy + 10 * s), text, font=font, fill=_VAL_COLOR, anchor="ma")
 
 
 def _colorize(stack: np.ndarray, cmap: str, vmin: float, vmax: float) -> np.ndarray:
@@ -327,24 +594,8 @@ def learning_curves(
         raise ValueError(
             "history has nothing to plot: no loss/accuracy lists and no step-level losses"
         )
-    width, height = 4.6 * len(panels) + (0.6 if len(panels) == 1 else 0.0), 3.6
-    top = 0.42 + (0.36 if title else 0.0)  # room for the panel titles (and the suptitle)
-    height += 0.36 if title else 0.0
-    fig = _figure(width, height)
-    axes = fig.subplots(1, len(panels), squeeze=False,
-                        gridspec_kw=_margins(width, height, len(panels), top=top))[0]
-    for ax, panel in zip(axes, panels, strict=True):
-        if panel == "loss":
-            _epoch_panel(ax, epochs, loss_keys, "Loss")
-        elif panel == "accuracy":
-            _epoch_panel(ax, epochs, acc_keys, "Accuracy")
-            _mark_best(ax, epochs)
-        else:
-            assert step_points is not None
-            _steps_panel(ax, step_points, epochs if n_epochs == 1 else {})
-    if title:
-        fig.suptitle(title, y=1 - 0.1 / height, va="top", fontsize=12, fontweight="bold")
-    return _save(fig, path)
+    raster = _curves_image(epochs, panels, loss_keys, acc_keys, step_points, n_epochs, title)
+    return _save_raster(raster, path)
 
 
 def compare_curves(
@@ -698,86 +949,6 @@ def _steps_array(steps: Sequence[Sequence[float]] | None) -> np.ndarray | None:
     if arr.ndim != 2 or arr.shape[1] != 2:
         raise ValueError(f"steps must be (step, loss) pairs, got shape {arr.shape}")
     return arr
-
-
-def _epoch_panel(ax: Any, epochs: Mapping[str, np.ndarray], keys: list[str], name: str) -> None:
-    for key in sorted(keys, key=lambda k: (k.startswith("val"), k)):
-        values = epochs[key]
-        x = np.arange(1, len(values) + 1)
-        is_val = key.startswith("val")
-        ax.plot(
-            x,
-            values,
-            marker="o" if len(values) < 30 else None,
-            markersize=3.5 if len(values) > 1 else 6,
-            linewidth=1.6,
-            color=_VAL_COLOR if is_val else _TRAIN_COLOR,
-            linestyle="--" if is_val else "-",
-            label=key.replace("_", " ").replace("val ", "validation "),
-        )
-        if len(values) == 1:
-            ax.annotate(
-                _fmt(values[0]),
-                (1, values[0]),
-                xytext=(8, 0),
-                textcoords="offset points",
-                va="center",
-                fontsize=9,
-            )
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(name.lower())
-    ax.set_title(name)
-    if max(len(epochs[k]) for k in keys) == 1:
-        ax.set_xlim(0.5, 1.5)
-        ax.set_xticks([1])
-        ax.margins(y=0.2)
-    else:
-        _integer_ticks(ax)
-    _style(ax)
-    ax.legend(fontsize=9, frameon=False)
-
-
-def _steps_panel(ax: Any, points: np.ndarray, epoch_values: Mapping[str, np.ndarray]) -> None:
-    """Training loss by logged step; the single epoch's numbers, if any, in a corner."""
-    ax.plot(points[:, 0], points[:, 1], color=_TRAIN_COLOR, linewidth=1.2)
-    if len(points) == 1:
-        ax.plot(points[:, 0], points[:, 1], "o", color=_TRAIN_COLOR)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title("Training loss by step")
-    if epoch_values:
-        lines = [f"{key.replace('_', ' ')}: {_fmt(v[-1])}" for key, v in epoch_values.items()]
-        ax.text(
-            0.97,
-            0.95,
-            "after the epoch\n" + "\n".join(lines),
-            transform=ax.transAxes,
-            ha="right",
-            va="top",
-            fontsize=9,
-            bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85, "edgecolor": "#bbbbbb"},
-        )
-    _style(ax)
-
-
-def _mark_best(ax: Any, epochs: Mapping[str, np.ndarray]) -> None:
-    key = next((k for k in ("val_accuracy", "val_acc") if k in epochs), None)
-    if key is None or not np.isfinite(epochs[key]).any():
-        return
-    values = epochs[key]
-    if len(values) < 2:
-        return  # a single point is its own best
-    best = int(np.nanargmax(values))
-    ax.plot(best + 1, values[best], marker="*", markersize=12, color=_VAL_COLOR, zorder=5)
-    ax.annotate(
-        f"best {_fmt(values[best])} (epoch {best + 1})",
-        (best + 1, values[best]),
-        xytext=(0, -16),
-        textcoords="offset points",
-        ha="center",
-        fontsize=8.5,
-        color=_VAL_COLOR,
-    )
 
 
 def _fmt(value: float) -> str:
