@@ -7,7 +7,8 @@ here. An engine supplies only what differs:
 
     _make_optimizer(optimizer)   # the optimizer object the engine runs
     _check_loss(loss)            # refuse a loss the engine cannot compute (optional)
-    _read_weights() -> {name: array}     # NumPy names and layouts ("0.W" is (in, out))
+    _read_weights() -> {name: array}     # NumPy names and layouts ("0.W" is (in, out)),
+                                         # params and state, in weight_shapes() order
     _write_weight(name, value)           # value already checked against the shape
     fit_session(x, y, ...)       # data in the engine's form, one training step, reads
     predict(x, batch_size) / evaluate(x, y, batch_size, return_dict)
@@ -119,15 +120,19 @@ class SequentialBase(LayerStack):
 
     # ---- weights, summary, spec --------------------------------------------------------------
     def weight_shapes(self) -> dict[str, tuple[int, ...]]:
-        """{name: shape} of every weight, in the NumPy layouts."""
+        """{name: shape} of every weight, in the NumPy layouts: layer by layer, each layer's
+        ``params`` (trainable) then its ``state`` (non-trainable, e.g. "3.moving_mean")."""
         self._ensure_built()
-        return {name: tuple(p.shape) for name, p in self.named_params().items()}
+        return {f"{i}.{k}": tuple(v.shape) for i, layer in enumerate(self.layers)
+                for k, v in (*layer.params.items(), *layer.state.items())}
 
     def count_params(self) -> int:
+        """All weights, trainable and not (Keras's total)."""
         return sum(math.prod(shape) for shape in self.weight_shapes().values())
 
     def get_weights(self) -> dict[str, np.ndarray]:
-        """Copies of all weights, named "{layer index}.{param}" (e.g. "0.W"), NumPy layouts."""
+        """Copies of all weights, named "{layer index}.{name}" (e.g. "0.W", "3.moving_mean"),
+        NumPy layouts, in ``weight_shapes`` order: params then state within a layer."""
         self._ensure_built()
         return self._read_weights()
 
@@ -156,11 +161,12 @@ class SequentialBase(LayerStack):
         for i, layer in enumerate(self.layers):
             act = layer.activation.name if layer.activation is not None else ""
             kind = type(layer).__name__ + (f", {act}" if act and act != "linear" else "")
-            params = sum(p.size for p in layer.params.values())
+            params = sum(p.size for p in (*layer.params.values(), *layer.state.values()))
             rows.append((f"{i} ({kind})", str((None, *layer.output_shape)), f"{params:,}"))
         widths = [max(len(r[c]) for r in rows) + 3 for c in range(3)]
         line = "".join(cell.ljust(w) for cell, w in zip(rows[0], widths, strict=True))
         total = self.count_params()
+        frozen = sum(v.size for layer in self.layers for v in layer.state.values())
         print_fn(f'Model: "{self.name}"  ({self.engine_note}dtype {self.dtype}, '
                  f"input {(None, *self.input_shape)})")
         print_fn("_" * len(line))
@@ -170,8 +176,8 @@ class SequentialBase(LayerStack):
             print_fn("".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
         print_fn("=" * len(line))
         print_fn(f"Total params: {total:,}")
-        print_fn(f"Trainable params: {total:,}")
-        print_fn("Non-trainable params: 0")
+        print_fn(f"Trainable params: {total - frozen:,}")
+        print_fn(f"Non-trainable params: {frozen:,}")
         print_fn("_" * len(line))
         return total
 

@@ -36,10 +36,15 @@ class Sequential(Network, SequentialBase):
     dropout masks)."""
 
     def _read_weights(self) -> dict[str, np.ndarray]:
-        return {name: p.copy() for name, p in self.named_params().items()}
+        arrays = {**self.named_params(), **self.named_state()}
+        return {name: arrays[name].copy() for name in self.weight_shapes()}
 
     def _write_weight(self, name: str, value: np.ndarray) -> None:
-        np.copyto(self.named_params()[name], value, casting="same_kind")
+        """Into the existing array (a param or a layer's state), whose references stay valid."""
+        index, key = name.split(".", 1)
+        layer = self.layers[int(index)]
+        target = layer.params[key] if key in layer.params else layer.state[key]
+        np.copyto(target, value, casting="same_kind")
 
     # ---- inference, in chunks over the engine's threads ---------------------------------
     def predict(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
@@ -178,6 +183,6 @@ def load_model(path: Any, *, allow_unverified: bool = False) -> Sequential:
         model = model_from_spec(spec)
     except (ValueError, TypeError) as exc:
         raise ModelFileError(f"{path}: invalid model spec ({exc})") from None
-    check_weights(tensors, model.named_params(), path)
+    check_weights(tensors, {**model.named_params(), **model.named_state()}, path)
     model.set_weights(tensors)
     return model

@@ -43,6 +43,7 @@ class Layer:
     def __init__(self, input_shape: Shape | None = None) -> None:
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
+        self.state: dict[str, np.ndarray] = {}  # non-trainable weights (e.g. BN's moving stats)
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.output_shape: Shape | None = None
 

@@ -113,6 +113,11 @@ class LayerStack:
         """The NumPy layers' weight arrays themselves, named "{layer index}.{param}"."""
         return {f"{i}.{k}": v for i, lay in enumerate(self.layers) for k, v in lay.params.items()}
 
+    def named_state(self) -> dict[str, np.ndarray]:
+        """The layers' non-trainable arrays themselves (``Layer.state``, e.g. "3.moving_mean");
+        no optimizer sees them, model files and ``get_weights`` hold them."""
+        return {f"{i}.{k}": v for i, lay in enumerate(self.layers) for k, v in lay.state.items()}
+
 
 class Network(LayerStack):
     """The NumPy engine: forward, loss, backward and update through the layers."""
