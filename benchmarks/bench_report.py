@@ -10,8 +10,8 @@ one (``--epochs 12``), and 16 first-layer conv filters. Then times what the runn
 directory, with each plot timed on its own. Goal: the total <= 0.3 s.
 
 "first call" is one run in this process before anything was imported for plotting (what
-``mnistlab train`` pays: matplotlib is imported on the learning curves), the rest are
-medians of ``--repeat`` runs after it.
+``mnistlab train`` pays: Pillow, the fonts and matplotlib's colour maps are loaded then),
+the rest are medians of ``--repeat`` runs after it.
 
 Reference, timed in the same run: the mistake grid the way it used to be drawn, one
 matplotlib subplot per digit with its title, in a constrained layout (written out below,

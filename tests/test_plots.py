@@ -215,7 +215,7 @@ def test_first_layer_weights_tiles_are_framed(tmp_path: Path) -> None:
     assert ((rgb[..., 2] > 150) & (rgb[..., 0] < 100)).sum() > 0  # blue, negative weights
 
 
-def test_plotting_imports_matplotlib_figure_only_for_curves() -> None:
+def test_a_runs_pictures_import_no_matplotlib_figure() -> None:
     code = (
         "import sys, numpy as np\n"
         "import mnistlab.reporting.runs\n"
@@ -225,6 +225,8 @@ def test_plotting_imports_matplotlib_figure_only_for_curves() -> None:
         "d = tempfile.mkdtemp()\n"
         "plots.digit_grid(np.zeros((4, 28, 28), np.uint8), [1, 2, 3, 4], d + '/a.png')\n"
         "plots.confusion_matrix_plot(np.eye(3), d + '/b.png')\n"
+        "plots.learning_curves({'loss': [1.0, 0.5]}, d + '/c.png', steps=[[0, 2.0], [9, 1.0]])\n"
+        "plots.first_layer_weights(np.ones((784, 4)), d + '/e.png')\n"
         "assert 'matplotlib.figure' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

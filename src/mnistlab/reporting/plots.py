@@ -1,17 +1,20 @@
 """The pictures a person wants after training: digits, learning curves, mistakes, the
 confusion matrix, first-layer weights, and runs side by side.
 
-Every function draws on a standalone ``matplotlib.figure.Figure`` with an Agg canvas (no
-pyplot and no display, so it is safe in servers and threads), writes a PNG atomically
-(``mnistlab.atomic.atomic_writer``: a reader never sees half a file) and returns the path.
-Bad input shapes raise ``ValueError``.
+Every function writes a PNG atomically (``mnistlab.atomic.atomic_writer``: a reader never
+sees half a file) and returns the path; bad input shapes raise ``ValueError``. Nothing
+touches pyplot or a display, so all of it is safe in servers and threads.
 
-They are quick, because a run writes seven of them while a person waits: matplotlib is
-imported on the first plot, not with this module; image grids (digits, mistakes, weights)
-are composed into one RGBA array with NumPy, each tile scaled up by a whole number of
-pixels and framed, and put on the figure as one image with the captions as text above
-each cell; the confusion matrix is one image plus its numbers; and every figure has a
-fixed layout computed from its size (no constrained layout).
+They are quick, because a run writes seven of them while a person waits (together well
+under 0.3 s: ``benchmarks/bench_report.py``). The pictures a run leaves are drawn as pixels,
+with no matplotlib figure (whose import alone takes ~0.3 s): image grids (digits,
+mistakes, weights) are one RGBA array composed with NumPy, each tile scaled up by a whole
+number of pixels and framed, with Pillow captions above each cell; the confusion matrix is
+NumPy cells with Pillow text; the learning curves are drawn by Pillow at twice the size
+and scaled down, for smooth lines. The text is matplotlib's DejaVu Sans and the colour
+maps are matplotlib's, so they look like its plots. Only ``compare_curves`` (several
+runs, not written by a run) uses a ``matplotlib.figure.Figure``, imported when called, on
+an Agg canvas with a fixed layout.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 
 from mnistlab.atomic import atomic_writer
 
-if TYPE_CHECKING:  # matplotlib itself is imported on the first plot (about 0.3 s)
+if TYPE_CHECKING:  # matplotlib.figure is imported by compare_curves only (about 0.3 s)
     from matplotlib.figure import Figure
 
 __all__ = [
