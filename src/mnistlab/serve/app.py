@@ -348,36 +348,37 @@ async def _parse_multipart(request: Request) -> Any:
 async def _recognize_upload(
     recognizer: Recognizer, budget: DecodeBudget, data: BinaryIO, name: str
 ) -> Prediction:
-    """Open the image (header only), reserve what decoding it costs, then decode and
-    recognize it in a worker thread."""
+    """Read the image's header to learn what decoding it costs, then, once the budget has
+    room for that, decode and recognize it in a worker thread. The header is read again
+    for the decode: what Pillow keeps of it (JPEG APP segments: up to the whole file) is
+    not held by requests waiting in line."""
     async with budget.hold(OPEN_BYTES):
-        image, cost = await run_in_threadpool(_open_and_cost, data, name, budget.total_bytes)
+        cost = await run_in_threadpool(_decode_cost, data, name, budget.total_bytes)
     async with budget.hold(cost):
-        return await run_in_threadpool(_decode_and_recognize, recognizer, image, name)
+        return await run_in_threadpool(_decode_and_recognize, recognizer, data, name)
 
 
-def _open_and_cost(data: BinaryIO, name: str, allowed: int) -> tuple[Any, int]:
-    image = open_image(data, name=name, formats=IMAGE_FORMATS)
-    width, height = image.size
+def _decode_cost(data: BinaryIO, name: str, allowed: int) -> int:
+    """Bytes decoding and preprocessing this upload will need at most (see limits)."""
+    with open_image(data, name=name, formats=IMAGE_FORMATS) as image:
+        width, height = image.size
+        cost = decode_cost(image, max_side=WORK_MAX_SIDE)
+        what = f"{width}x{height} {image.format}"
     shrink = min(1.0, WORK_MAX_SIDE / max(width, height))
     work_pixels = max(1, round(width * shrink)) * max(1, round(height * shrink))
-    cost = decode_cost(image, max_side=WORK_MAX_SIDE)  # reads on from the header: first
-    position = data.tell()
     held = data.seek(0, os.SEEK_END)  # the header data Pillow keeps is at most the file
-    data.seek(position)
     cost += held + work_pixels * PREPROCESS_BYTES_PER_PIXEL + IMAGE_OVERHEAD_BYTES
     if cost > allowed:
-        image.close()
         raise ImageError(
-            f"{name}: decoding this {width}x{height} {image.format} image would take about "
-            f"{cost / 2**20:.0f} MiB, more than the {allowed / 2**20:.0f} MiB this server "
-            "allows one image (progressive or CMYK JPEGs cost the most); send a smaller "
-            "or baseline JPEG"
+            f"{name}: decoding this {what} image would take about {cost / 2**20:.0f} MiB, "
+            f"more than the {allowed / 2**20:.0f} MiB this server allows one image "
+            "(progressive or CMYK JPEGs cost the most); send a smaller or baseline JPEG"
         )
-    return image, cost
+    return cost
 
 
-def _decode_and_recognize(recognizer: Recognizer, image: Any, name: str) -> Prediction:
+def _decode_and_recognize(recognizer: Recognizer, data: BinaryIO, name: str) -> Prediction:
+    image = open_image(data, name=name, formats=IMAGE_FORMATS)
     decoded = decode_opened(image, name=name, max_side=WORK_MAX_SIDE)
     return recognizer.recognize_image(decoded, name=name)
 
