@@ -7,7 +7,8 @@ Canvas drawings, scans and phone photos look nothing like that, so this module r
 that pipeline for them:
 
 1. decode safely: file size and pixel count are checked before pixels are decoded;
-   EXIF rotation is applied;
+   a picture more than twice the working size is reduced while it decodes, so memory
+   stays bounded (``decode_cost`` tells how much); EXIF rotation is applied;
 2. flatten transparency sensibly and convert to grayscale at a bounded working size;
 3. decide which way the ink runs (dark on light or light on dark), subtract a smooth
    background estimate (uneven light), suppress the noise floor and stretch contrast
@@ -84,7 +85,9 @@ def load_image(path: str | os.PathLike[str], *, max_side: int | None = None) -> 
     Limits are checked before the pixels are decoded: the file size against
     ``MAX_FILE_BYTES`` and the header's width x height against ``MAX_PIXELS``, so a
     decompression bomb costs nothing. ``max_side`` lets JPEG decode at a reduced scale
-    (never below ``max_side`` on either side). EXIF orientation is applied, so phone
+    (never below ``max_side`` on either side) and box-reduces any image whose longer side
+    is at least twice ``max_side`` (keeping it at least ``max_side``); smaller images
+    decode exactly as without it. EXIF orientation is applied, so phone
     photos come out upright. Raises ``ImageError`` naming the file and the problem.
     """
     p = Path(path)
