@@ -133,7 +133,7 @@ HOSTILE_SPECS = {
     "unknown top key": (lambda s: s | {"evil": 1}, "unknown key 'evil'"),
     "unknown layer key": (first_layer(input_shape=[784]), "unknown key 'input_shape'"),
     "activation an int": (first_layer(activation=3), "activation: must be one of"),
-    "initializer unknown": (first_layer(kernel_initializer="ones"), "kernel_initializer"),
+    "initializer unknown": (first_layer(kernel_initializer="orthogonal"), "kernel_initializer"),
     "input_shape huge": (lambda s: s | {"input_shape": [10**9]}, "input_shape"),
     "input_shape 2-d": (lambda s: s | {"input_shape": [28, 28]}, "input_shape"),
     "no layers": (lambda s: s | {"layers": []}, "layers"),

@@ -29,8 +29,11 @@ from mnistlab.errors import ModelFileError
 SPEC_FORMAT, SPEC_VERSION = "mnistlab.model", 1
 DTYPES = ("float32", "float64")
 PIXEL_SCALES = ("unit", "raw", "0.01-1")  # as datasets.PIXEL_SCALES (not imported: no cycle)
-ACTIVATION_NAMES = ("linear", "sigmoid", "relu", "tanh", "softmax")  # nn.activations
-INITIALIZER_NAMES = ("glorot_uniform", "he_normal", "xavier", "uniform", "normal", "zeros")
+ACTIVATION_NAMES = ("linear", "sigmoid", "relu", "tanh", "softmax", "elu", "selu", "leaky_relu",
+                    "softplus", "swish", "silu", "gelu", "exponential")  # nn.activations
+INITIALIZER_NAMES = ("xavier", "uniform", "normal", "glorot_uniform", "glorot_normal",
+                     "he_uniform", "he_normal", "lecun_uniform", "lecun_normal", "random_normal",
+                     "random_uniform", "truncated_normal", "zeros", "ones")  # nn.initializers
 PADDINGS = ("valid", "same")
 
 MAX_UNITS = 65536
@@ -43,6 +46,7 @@ MAX_PARAMS = 1 << 26
 MAX_ACTIVATIONS = 1 << 24
 MAX_JSON_DEPTH = 16
 MAX_SEED = (1 << 64) - 1
+MAX_RANK = 8  # axes of a Reshape's target (the batch axis not counted)
 
 __all__ = [
     "MAX_ACTIVATIONS",
@@ -107,6 +111,25 @@ def _pair(value: Any, where: str, lo: int, hi: int) -> tuple[int, int]:
     return n, n
 
 
+def _float(value: Any, where: str, lo: float = -math.inf, hi: float = math.inf,
+           low_open: bool = False) -> float:
+    """A finite JSON float (not an int or bool: ``get_config`` writes floats) in [lo, hi]
+    (lo excluded when ``low_open``)."""
+    if not isinstance(value, float):
+        raise _fail(where, f"must be a number with a decimal point, got {_kind(value)}")
+    if not math.isfinite(value) or not (lo < value if low_open else lo <= value) \
+            or not value <= hi:
+        bound = f"({lo}" if low_open else f"[{lo}"
+        raise _fail(where, f"must be a finite number in {bound}, {hi}], got {_short(value)}")
+    return value
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(where, f"must be true or false, got {_kind(value)}")
+    return value
+
+
 def _choice(value: Any, where: str, choices: tuple[str | None, ...]) -> Any:
     if not (value is None or isinstance(value, str)) or value not in choices:
         raise _fail(where, f"must be one of {[c for c in choices if c is not None]}, "
@@ -145,6 +168,15 @@ _LAYER_KEYS: dict[str, tuple[set[str], set[str]]] = {
     "Dense": ({"units"}, _LINEAR),
     "Conv2D": ({"filters", "kernel_size"}, _LINEAR | {"strides", "padding"}),
     "MaxPooling2D": (set(), {"pool_size", "strides", "padding"}),
+    "AveragePooling2D": (set(), {"pool_size", "strides", "padding"}),
+    "GlobalAveragePooling2D": (set(), set()),
+    "GlobalMaxPooling2D": (set(), set()),
+    "Reshape": ({"target_shape"}, set()),
+    "BatchNormalization": (set(), {"momentum", "epsilon", "center", "scale"}),
+    "ReLU": (set(), {"max_value", "negative_slope", "threshold"}),
+    "LeakyReLU": (set(), {"negative_slope"}),
+    "Softmax": (set(), {"axis"}),
+    "Rescaling": ({"scale"}, {"offset"}),
     "Cropping2D": (set(), {"cropping"}),
     "Flatten": (set(), set()),
     "Dropout": ({"rate"}, {"seed"}),
@@ -153,7 +185,8 @@ _LAYER_KEYS: dict[str, tuple[set[str], set[str]]] = {
 
 
 def _layer(config: Any, index: int, shape: tuple[int, ...]) -> tuple[dict, tuple[int, ...], int]:
-    """(normalized config, output shape, parameter count) of layer ``index`` on ``shape``."""
+    """(normalized config, output shape, weight count) of layer ``index`` on ``shape``; the
+    count includes non-trainable weights (BatchNormalization's moving statistics)."""
     where = f"layers[{index}]"
     if not isinstance(config, dict):
         raise _fail(where, f"must be an object with a 'type', got {_kind(config)}")
@@ -193,12 +226,12 @@ def _layer(config: Any, index: int, shape: tuple[int, ...]) -> tuple[dict, tuple
         c, h, w = images("Conv2D")
         params = filters * c * kh * kw + filters
         shape = (filters, _out(h, kh, sh, padding, where), _out(w, kw, sw, padding, where))
-    elif kind == "MaxPooling2D":
+    elif kind in ("MaxPooling2D", "AveragePooling2D"):
         ph, pw = _pair(config.get("pool_size", 2), f"{where}.pool_size", 1, MAX_WINDOW)
         strides = config.get("strides")
         sh, sw = (ph, pw) if strides is None else _pair(strides, f"{where}.strides", 1,
                                                          MAX_WINDOW)
-        c, h, w = images("MaxPooling2D")
+        c, h, w = images(kind)
         shape = (c, _out(h, ph, sh, padding, where), _out(w, pw, sw, padding, where))
     elif kind == "Cropping2D":
         (top, bottom), (left, right) = _cropping(config.get("cropping", 0), f"{where}.cropping")
@@ -208,6 +241,33 @@ def _layer(config: Any, index: int, shape: tuple[int, ...]) -> tuple[dict, tuple
         shape = (c, h - top - bottom, w - left - right)
     elif kind == "Flatten":
         shape = (math.prod(shape),)
+    elif kind in ("GlobalAveragePooling2D", "GlobalMaxPooling2D"):
+        shape = (images(kind)[0],)
+    elif kind == "Reshape":
+        shape = _reshape(config["target_shape"], shape, f"{where}.target_shape")
+    elif kind == "BatchNormalization":
+        _float(config.get("momentum", 0.99), f"{where}.momentum", 0.0, 1.0)
+        _float(config.get("epsilon", 1e-3), f"{where}.epsilon", 0.0, low_open=True)
+        center = _bool(config.get("center", True), f"{where}.center")
+        scale = _bool(config.get("scale", True), f"{where}.scale")
+        if len(shape) not in (1, 3):
+            raise _fail(where, f"BatchNormalization needs (features) or (channels, height, "
+                               f"width) inputs, got {list(shape)}")
+        params = shape[0] * (2 + center + scale)  # moving mean and variance, gamma, beta
+    elif kind == "ReLU":
+        if config.get("max_value") is not None:
+            _float(config["max_value"], f"{where}.max_value", 0.0)
+        _float(config.get("negative_slope", 0.0), f"{where}.negative_slope", 0.0)
+        _float(config.get("threshold", 0.0), f"{where}.threshold")
+    elif kind == "LeakyReLU":
+        _float(config.get("negative_slope", 0.3), f"{where}.negative_slope", 0.0)
+    elif kind == "Softmax":
+        axis = _int(config.get("axis", -1), f"{where}.axis", -len(shape), len(shape))
+        if axis == 0:
+            raise _fail(f"{where}.axis", "must not be 0 (the batch axis)")
+    elif kind == "Rescaling":
+        _float(config["scale"], f"{where}.scale")
+        _float(config.get("offset", 0.0), f"{where}.offset")
     elif kind == "Dropout":
         rate = config["rate"]
         if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < 1:
@@ -230,6 +290,21 @@ def _out(size: int, window: int, stride: int, padding: str, where: str) -> int:
     return -(-size // stride)
 
 
+def _reshape(value: Any, shape: tuple[int, ...], where: str) -> tuple[int, ...]:
+    """The output shape of Reshape(``value``) on ``shape`` (``nn.layers.Reshape.build``)."""
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_RANK:
+        raise _fail(where, f"must be a list of 1 to {MAX_RANK} integers")
+    dims = [d if type(d) is int and d == -1 else _int(d, where, 1, MAX_ACTIVATIONS)
+            for d in value]
+    if dims.count(-1) > 1:
+        raise _fail(where, "may hold -1 (the rest) at most once")
+    size, known = math.prod(shape), math.prod(d for d in dims if d != -1)
+    out = tuple(size // known if d == -1 else d for d in dims)
+    if math.prod(out) != size:
+        raise _fail(where, f"cannot reshape {list(shape)} ({size} values) to {dims}")
+    return out
+
+
 def _cropping(value: Any, where: str) -> tuple[tuple[int, int], tuple[int, int]]:
     if isinstance(value, list) and len(value) == 2:
         rows, cols = value
@@ -244,7 +319,7 @@ def _cropping(value: Any, where: str) -> tuple[tuple[int, int], tuple[int, int]]
 
 
 def _walk(spec: Any) -> tuple[tuple[int, ...], list[tuple[dict, tuple[int, ...], int]]]:
-    """The input shape and, per layer, (config, output shape, parameter count)."""
+    """The input shape and, per layer, (config, output shape, weight count)."""
     if not isinstance(spec, dict):
         raise SpecError(f"a model spec must be a JSON object, got {_kind(spec)}")
     _keys(spec, "spec", {"format", "version", "input_shape", "dtype", "layers"},
@@ -300,5 +375,10 @@ def expected_shapes(spec: Any) -> dict[str, tuple[int, ...]]:
             kh, kw = _pair(config["kernel_size"], "kernel_size", 1, MAX_WINDOW)
             shapes[f"{index}.W"] = (out[0], shape[0], kh, kw)
             shapes[f"{index}.b"] = (out[0],)
+        elif config["type"] == "BatchNormalization":  # params, then state (the layer's order)
+            names = (["gamma"] if config.get("scale", True) else []) \
+                + (["beta"] if config.get("center", True) else []) \
+                + ["moving_mean", "moving_variance"]
+            shapes.update({f"{index}.{name}": (shape[0],) for name in names})
         shape = out
     return shapes
