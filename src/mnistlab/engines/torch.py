@@ -648,6 +648,8 @@ class TorchSequential(SequentialBase):
         for layer in self.layers:  # the torch modules hold the weights now: keep the shapes
             layer.params = {k: np.broadcast_to(np.zeros((), v.dtype), v.shape)
                             for k, v in layer.params.items()}
+            layer.state = {k: np.broadcast_to(np.zeros((), v.dtype), v.shape)
+                           for k, v in layer.state.items()}  # buffers of the modules now
             layer.grads = {}
 
     def _make_optimizer(self, optimizer: Any) -> TorchOptimizer:
@@ -672,11 +674,20 @@ class TorchSequential(SequentialBase):
         return [(f"{i}.{k}", p, tr) for i, layer in enumerate(self.net.layers)
                 for k, (p, tr) in layer.numpy_params().items()]
 
+    def _state_table(self) -> list[tuple[str, Tensor, bool]]:
+        """(NumPy name, torch buffer, False) for every non-trainable weight (the modules'
+        ``numpy_state``, e.g. "3.moving_mean"), in order; buffers are never transposed."""
+        self._ensure_built()
+        return [(f"{i}.{k}", b, False) for i, layer in enumerate(self.net.layers)
+                for k, b in layer.numpy_state().items()]
+
     def _read_weights(self) -> dict[str, np.ndarray]:
-        return {name: _numpy(p, tr) for name, p, tr in self._param_table()}
+        tensors = {name: (t, tr) for name, t, tr in (*self._param_table(), *self._state_table())}
+        return {name: _numpy(*tensors[name]) for name in self.weight_shapes()}
 
     def _write_weight(self, name: str, value: np.ndarray) -> None:
-        p, tr = next((p, tr) for n, p, tr in self._param_table() if n == name)
+        p, tr = next((p, tr) for n, p, tr in (*self._param_table(), *self._state_table())
+                     if n == name)
         with torch.no_grad():
             t = torch.from_numpy(np.ascontiguousarray(value, dtype=self.dtype))
             p.copy_(t.T if tr else t)

@@ -4,7 +4,9 @@
 
 Run it on a float64 model with small inputs; float32 round-off (~1e-7) would drown
 the comparison. Dropout layers redraw the same mask for every evaluation (their
-random generators are rewound), so training-mode models can be checked too.
+random generators are rewound), and layers' non-trainable state (BatchNormalization's
+moving statistics, which training-mode evaluations move) is restored after every one, so
+training-mode models can be checked too and the model is left as it was.
 """
 
 from __future__ import annotations
@@ -61,10 +63,13 @@ def gradcheck(model: Network, x: np.ndarray, y: np.ndarray, *, eps: float = 1e-6
     x = model.prepare_input(x)  # builds the model first, so we rewind the right generators
     rngs = {i: layer.rng for i, layer in enumerate(model.layers) if hasattr(layer, "rng")}
     start_states = {i: copy.deepcopy(rng.bit_generator.state) for i, rng in rngs.items()}
+    layer_state = {name: v.copy() for name, v in model.named_state().items()}
 
-    def rewind() -> None:  # every evaluation draws the same dropout masks
+    def rewind() -> None:  # every evaluation draws the same dropout masks, from the same state
         for i, rng in rngs.items():
             rng.bit_generator.state = copy.deepcopy(start_states[i])
+        for name, v in model.named_state().items():
+            np.copyto(v, layer_state[name])
 
     def loss_at() -> float:
         rewind()
