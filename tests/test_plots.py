@@ -215,7 +215,19 @@ def test_first_layer_weights_tiles_are_framed(tmp_path: Path) -> None:
     assert ((rgb[..., 2] > 150) & (rgb[..., 0] < 100)).sum() > 0  # blue, negative weights
 
 
-def test_a_runs_pictures_import_no_matplotlib_figure() -> None:
+@pytest.mark.parametrize("name", ["Reds", "Blues", "RdBu_r", "gray_r", "gray", "viridis"])
+def test_colour_maps_are_matplotlibs(name: str) -> None:
+    from matplotlib import colormaps
+
+    from mnistlab.reporting.plots import _colorize
+
+    values = np.linspace(-0.2, 1.2, 5001)
+    ours = _colorize(values, name, 0.0, 1.0).astype(int)
+    theirs = colormaps[name](np.clip(values, 0, 1), bytes=True).astype(int)
+    assert np.abs(ours - theirs).max() <= 1
+
+
+def test_a_runs_pictures_import_no_matplotlib() -> None:
     code = (
         "import sys, numpy as np\n"
         "import mnistlab.reporting.runs\n"
@@ -227,7 +239,7 @@ def test_a_runs_pictures_import_no_matplotlib_figure() -> None:
         "plots.confusion_matrix_plot(np.eye(3), d + '/b.png')\n"
         "plots.learning_curves({'loss': [1.0, 0.5]}, d + '/c.png', steps=[[0, 2.0], [9, 1.0]])\n"
         "plots.first_layer_weights(np.ones((784, 4)), d + '/e.png')\n"
-        "assert 'matplotlib.figure' not in sys.modules\n"
+        "assert 'matplotlib' not in sys.modules, 'the built-in colour maps and fonts do'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
