@@ -184,7 +184,8 @@ def test_a_model_trains_batchnorm_weights_but_not_its_moving_statistics() -> Non
     h = FLAT.astype("float32") @ model.layers[0].params["W"] + model.layers[0].params["b"]
     before = {k: v.copy() for k, v in bn.params.items()}
     model.train_step(FLAT.astype("float32"), LABELS4)
-    assert set(model.get_weights()) == {"0.W", "0.b", "1.gamma", "1.beta", "2.W", "2.b"}
+    assert set(model.named_params()) == {"0.W", "0.b", "1.gamma", "1.beta", "2.W", "2.b"}
+    assert {"1.moving_mean", "1.moving_variance"} <= set(model.get_weights())  # saved too
     assert not np.array_equal(bn.params["gamma"], before["gamma"])
     np.testing.assert_allclose(bn.state["moving_mean"], 0.5 * h.mean(axis=0), rtol=1e-5)
     np.testing.assert_allclose(bn.state["moving_variance"], 0.5 + 0.5 * h.var(axis=0), rtol=1e-5)
@@ -465,7 +466,7 @@ def test_backprop_matches_central_differences(case) -> None:
     model.compile("sgd", loss)
     report = gradcheck(model, x, y, training=training)
     assert report.max_rel_error < 1e-6, str(report)
-    assert {p.name for p in report.params} == set(model.get_weights())
+    assert {p.name for p in report.params} == set(model.named_params())
 
 
 # --- rules every layer keeps --------------------------------------------------------------------

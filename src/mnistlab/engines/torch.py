@@ -885,6 +885,7 @@ class _FitSession:
         if validation_data is not None:
             vx, vy = validation_data
             self.val = (model.as_input(vx), *model.as_targets(vy))
+            model.check_pairs(self.val[0], self.val[1], "validation_data")
         self.n, dev = len(self.x), model.device
         steps = math.ceil(self.n / batch_size)
         self.losses = torch.zeros(steps, dtype=torch.float64, device=dev)
