@@ -19,6 +19,10 @@ that pipeline for them:
 
 The pipeline expects one digit on a plain background; a photo showing the table around
 the paper, or several digits, gives a poor crop.
+
+One module, though long: the steps above are one pipeline whose order matters (each
+step's input is the previous one's output), and decoding sits with it because its memory
+bound depends on the size the pipeline will reduce the image to.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ the logits of the output layer straight to a fused softmax cross-entropy loss.
 What runs is the algorithm you read here, except where a layer says in one line that a
 speed kernel of ``nn/kernels.py`` takes a case over (the same result, faster); setting
 ``Layer.use_kernels = False`` runs the plain algorithm everywhere.
+
+One module, though long: it is the catalogue a student reads, as the textbook's
+``common/layers.py`` is; every layer is one screen, and they share the helpers (padding,
+im2col, output sizes) that keep each of them short.
 """
 
 from __future__ import annotations

@@ -15,6 +15,11 @@ and scaled down, for smooth lines. The text is matplotlib's DejaVu Sans and the 
 maps are matplotlib's, so they look like its plots. Only ``compare_curves`` (several
 runs, not written by a run) uses a ``matplotlib.figure.Figure``, imported when called, on
 an Agg canvas with a fixed layout.
+
+One module, though long: the pictures share one small drawing kit (text, axes, ticks,
+colour maps, framed image grids) that exists only because a run must write its pictures in
+well under 0.3 s; keeping that kit beside its only users keeps it from growing into a
+plotting library of its own.
 """
 
 from __future__ import annotations

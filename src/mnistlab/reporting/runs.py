@@ -14,6 +14,10 @@ to look at afterwards, in one folder.
 Every file is written atomically (``mnistlab.atomic``), so a reader never sees half of
 one; JSON is strict (``allow_nan=False``: NaN and infinities become ``null``). A run holds
 ``locked_run_dir`` for as long as it writes, so two runs never share a directory.
+
+One module, though long: it is the run directory's whole format, each file written by
+one function here and read back by ``compare`` and ``--resume``; splitting it would split
+that format.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ Every bad request gets a 4xx JSON error ``{"detail": "..."}`` naming the problem
 unexpected failure is a JSON 500. Memory and time are bounded whatever clients send
 (see ``mnistlab.serve.limits``): bodies are capped, spooled to disk and read against a
 deadline; image decodes are admitted against one memory budget.
+
+One module, though long: the routes and the request-body reading they depend on are one
+HTTP surface; the limits themselves live in ``serve/limits.py``.
 """
 
 from __future__ import annotations
