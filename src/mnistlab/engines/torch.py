@@ -757,14 +757,26 @@ class TorchSequential(SequentialBase):
         self.optimizer.zero_grad()
         surrogate.backward()
         value = value.detach()
-        # the step is refused when the loss, a gradient or lr times a gradient (what SGD
-        # subtracts) is not finite, as the NumPy optimizers refuse it; sticky: found_inf
-        # stays 1 once a step diverged. One read of the gradients, no wait for the device.
+        # The step is refused when the loss or a gradient is not finite, or, for SGD, whose
+        # step lr * g has no bound, lr times the gradients' norm; as the NumPy optimizers
+        # refuse it. Sticky: found_inf stays 1 once a step diverged. All on the device, no
+        # wait for it: the check AMP uses (10 us a step here) and, for SGD, one norm.
         grads = [p.grad for p in self.optimizer.params if p.grad is not None]
-        largest = torch.stack(torch._foreach_norm(grads, math.inf)).max() * self.optimizer.lr
-        found_inf.logical_or_(~torch.isfinite(value)).logical_or_(~torch.isfinite(largest))
+        found_inf.logical_or_(value.isfinite().logical_not_())
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, self._one)
+        if not isinstance(self.optimizer.spec, Adam):  # Adam's steps are at most about lr
+            step = torch.stack(torch._foreach_norm(grads)).max() * self.optimizer.lr
+            found_inf.logical_or_(step.isfinite().logical_not_())
         self.optimizer.step(found_inf)
         return value, correct
+
+    @property
+    def _one(self) -> Tensor:
+        """A float32 1 on the device (the scale AMP's check multiplies gradients by)."""
+        one = getattr(self, "_one_tensor", None)
+        if one is None or one.device != self.device:
+            one = self._one_tensor = torch.ones((), dtype=torch.float32, device=self.device)
+        return one
 
     def train_step(self, x: Any, y: Any) -> tuple[float, float]:
         """One update on a batch (NumPy in): (loss, accuracy), like the NumPy engine's;
