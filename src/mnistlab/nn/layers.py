@@ -289,13 +289,9 @@ class Conv2D(Layer):
                 "bias_initializer": self.bias_initializer}
 
 
-class MaxPooling2D(Layer):
-    """Max over pool_size windows: x (N, C, H, W) -> y (N, C, OH, OW).
-
-    Forward takes a running max over the ph*pw window offsets (one strided view each);
-    backward sends each dy to the first offset holding that max (in row-major order:
-    argmax's tie rule, as PyTorch), adding where windows overlap.
-    """
+class _Pooling2D(Layer):
+    """What the pooling layers share: pool_size windows at strides, "valid" or "same"
+    (Keras's padding), over NCHW images (N, C, H, W) -> (N, C, OH, OW)."""
 
     def __init__(
         self,
@@ -311,13 +307,35 @@ class MaxPooling2D(Layer):
 
     def build(self, input_shape: Shape, rng: np.random.Generator, dtype: Any) -> Shape:
         if len(input_shape) != 3:
-            raise ValueError(f"MaxPooling2D expects NCHW images (N, C, H, W), got {input_shape}")
+            raise ValueError(f"{type(self).__name__} expects NCHW images (N, C, H, W), got "
+                             f"{input_shape}")
         c, h, w = input_shape
         oh, top, bottom = output_size(h, self.pool_size[0], self.strides[0], self.padding)
         ow, left, right = output_size(w, self.pool_size[1], self.strides[1], self.padding)
         self.pads, self.out_hw = (top, bottom, left, right), (oh, ow)
-        self.tiled = self.strides == self.pool_size  # windows tile the image, e.g. 2x2 stride 2
         self.input_shape, self.output_shape = tuple(input_shape), (c, oh, ow)
+        return self.output_shape
+
+    def offsets(self) -> list[tuple[int, int]]:
+        """The ph*pw window offsets (i, j), in row-major order."""
+        return [(i, j) for i in range(self.pool_size[0]) for j in range(self.pool_size[1])]
+
+    def get_config(self) -> dict:
+        return {"type": type(self).__name__, "pool_size": list(self.pool_size),
+                "strides": list(self.strides), "padding": self.padding}
+
+
+class MaxPooling2D(_Pooling2D):
+    """Max over pool_size windows: x (N, C, H, W) -> y (N, C, OH, OW).
+
+    Forward takes a running max over the ph*pw window offsets (one strided view each);
+    backward sends each dy to the first offset holding that max (in row-major order:
+    argmax's tie rule, as PyTorch), adding where windows overlap.
+    """
+
+    def build(self, input_shape: Shape, rng: np.random.Generator, dtype: Any) -> Shape:
+        super().build(input_shape, rng, dtype)
+        self.tiled = self.strides == self.pool_size  # windows tile the image, e.g. 2x2 stride 2
         return self.output_shape
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
@@ -351,13 +369,6 @@ class MaxPooling2D(Layer):
         h, w = self.input_shape[1:]
         return dxp[:, :, top : top + h, left : left + w]
 
-    def offsets(self) -> list[tuple[int, int]]:
-        """The ph*pw window offsets (i, j), in row-major order."""
-        return [(i, j) for i in range(self.pool_size[0]) for j in range(self.pool_size[1])]
-
-    def get_config(self) -> dict:
-        return {"type": "MaxPooling2D", "pool_size": list(self.pool_size),
-                "strides": list(self.strides), "padding": self.padding}
 
 
 class Cropping2D(Layer):
@@ -494,7 +505,7 @@ class Activation(Layer):
 # ---- Keras's other layers (Keras 3 names, arguments and semantics) ------------------------
 
 
-class AveragePooling2D(Layer):
+class AveragePooling2D(_Pooling2D):
     """Mean over pool_size windows: x (N, C, H, W) -> y (N, C, OH, OW).
 
     As in Keras/TensorFlow, "same" padding is not counted: a window that hangs over the
@@ -503,30 +514,11 @@ class AveragePooling2D(Layer):
     covered pixel dy / count (adding where windows overlap).
     """
 
-    def __init__(
-        self,
-        pool_size: int | tuple[int, int] = 2,
-        strides: int | tuple[int, int] | None = None,
-        padding: str = "valid",
-        input_shape: Shape | None = None,
-    ) -> None:
-        super().__init__(input_shape)
-        self.pool_size = _pair(pool_size, "pool_size")
-        self.strides = self.pool_size if strides is None else _pair(strides, "strides")
-        self.padding = _check_padding(padding)
-
     def build(self, input_shape: Shape, rng: np.random.Generator, dtype: Any) -> Shape:
-        if len(input_shape) != 3:
-            raise ValueError(f"AveragePooling2D expects NCHW images (N, C, H, W), got "
-                             f"{input_shape}")
-        c, h, w = input_shape
-        oh, top, bottom = output_size(h, self.pool_size[0], self.strides[0], self.padding)
-        ow, left, right = output_size(w, self.pool_size[1], self.strides[1], self.padding)
-        self.pads, self.out_hw = (top, bottom, left, right), (oh, ow)
-        covered = pad2d(np.ones((1, 1, h, w)), self.pads)  # 1 on real pixels, 0 on padding
+        super().build(input_shape, rng, dtype)
+        covered = pad2d(np.ones((1, 1, *input_shape[1:])), self.pads)  # 1 on real pixels
         self.count = sum(covered[window_slices(i, j, self.strides, self.out_hw)]
                          for i, j in self.offsets())[0, 0]  # (OH, OW) real pixels per window
-        self.input_shape, self.output_shape = tuple(input_shape), (c, oh, ow)
         return self.output_shape
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
@@ -546,13 +538,6 @@ class AveragePooling2D(Layer):
         h, w = self.input_shape[1:]
         return dxp[:, :, top : top + h, left : left + w]
 
-    def offsets(self) -> list[tuple[int, int]]:
-        """The ph*pw window offsets (i, j), in row-major order."""
-        return [(i, j) for i in range(self.pool_size[0]) for j in range(self.pool_size[1])]
-
-    def get_config(self) -> dict:
-        return {"type": "AveragePooling2D", "pool_size": list(self.pool_size),
-                "strides": list(self.strides), "padding": self.padding}
 
 
 class GlobalAveragePooling2D(Layer):
