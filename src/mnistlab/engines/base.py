@@ -31,7 +31,9 @@ from mnistlab.nn.optimizers import get_optimizer
 from mnistlab.training.loop import History, check_batch_size, fit
 
 SPEC_FORMAT, SPEC_VERSION = "mnistlab.model", 1
-METRICS = ("accuracy", "acc")  # the one metric computed, by Keras's two names for it
+# The one metric computed, under the names Keras gives it; fit logs it under the name given.
+METRICS = ("accuracy", "acc", "sparse_categorical_accuracy", "categorical_accuracy",
+           "binary_accuracy")
 
 
 class SequentialBase(LayerStack):
@@ -64,14 +66,17 @@ class SequentialBase(LayerStack):
         loss: str | Loss = "categorical_crossentropy",
         metrics: Sequence[str] | None = ("accuracy",),
     ) -> None:
-        """Choose optimizer and loss (names or objects). Accuracy is the only metric."""
-        unknown = [m for m in metrics or () if m not in METRICS]
+        """Choose optimizer and loss (names or objects). Accuracy (by any of ``METRICS``'
+        names) is the only metric."""
+        metrics = [metrics] if isinstance(metrics, str) else list(metrics or ())
+        unknown = [m for m in metrics if m not in METRICS]
         if unknown:
-            raise ValueError(f"unsupported metrics {unknown}; only 'accuracy' is computed")
+            raise ValueError(f"unsupported metrics {unknown}; mnistlab computes accuracy, "
+                             f"named one of {list(METRICS)}")
         loss = get_loss(loss)
         self._check_loss(loss)
         self.loss, self.optimizer = loss, self._make_optimizer(optimizer)
-        self.metrics = ["accuracy"] if metrics else []
+        self.metrics = list(dict.fromkeys(metrics))
 
     def _make_optimizer(self, optimizer: Any) -> Any:
         return get_optimizer(optimizer)
@@ -83,14 +88,18 @@ class SequentialBase(LayerStack):
         if self.loss is None or self.optimizer is None:
             raise RuntimeError("call compile(optimizer, loss) first")
 
-    def fit(self, x: Any, y: Any, epochs: int = 1, batch_size: int = 32,
-            validation_data: tuple[Any, Any] | None = None, shuffle: bool = True,
-            seed: int | None = None, verbose: int = 1, callbacks: Sequence[Any] | None = None,
-            log_every: int = 1) -> History:
-        """Train; see ``mnistlab.training.loop.fit`` (the same loop on every engine)."""
+    def fit(self, x: Any, y: Any, batch_size: int | None = None, epochs: int = 1,
+            verbose: int | str = "auto", callbacks: Sequence[Any] | None = None,
+            validation_split: float = 0.0, validation_data: tuple[Any, ...] | None = None,
+            shuffle: bool = True, class_weight: dict | None = None, sample_weight: Any = None,
+            initial_epoch: int = 0, *, seed: int | None = None, log_every: int = 1) -> History:
+        """Train, with Keras's arguments in Keras's order (``batch_size`` None is 32); see
+        ``mnistlab.training.loop.fit`` (the same loop on every engine)."""
         return fit(self, x, y, epochs=epochs, batch_size=batch_size,
-                   validation_data=validation_data, shuffle=shuffle, seed=seed,
-                   verbose=verbose, callbacks=callbacks, log_every=log_every)
+                   validation_data=validation_data, validation_split=validation_split,
+                   shuffle=shuffle, seed=seed, verbose=verbose, callbacks=callbacks,
+                   class_weight=class_weight, sample_weight=sample_weight,
+                   initial_epoch=initial_epoch, log_every=log_every)
 
     @staticmethod
     def check_pairs(x: Any, y: Any, what: str) -> None:

@@ -29,6 +29,40 @@ from mnistlab.errors import ModelFileError
 CHECKPOINT_FORMAT = "mnistlab.checkpoint/1"
 
 
+class Callback:
+    """Keras's callback protocol: subclass it and override the hooks you need; fit calls
+    ``set_model``/``set_params`` first, then the hooks with Keras's arguments (``batch`` is
+    the index within the epoch; ``logs`` the running means of the epoch so far, and at an
+    epoch's end its figures and the validation ones). The batch hooks cost a read of the
+    device each step, so fit calls them only for a callback that overrides one.
+
+    (mnistlab's own callbacks below the Keras ones are plain objects with the hooks of
+    ``training.loop``'s docstring, which also receive fit's resumable ``state``.)
+    """
+
+    def __init__(self) -> None:
+        self.model: Any = None
+        self.params: dict[str, Any] = {}
+
+    def set_model(self, model: Any) -> None:
+        self.model = model
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    def wants_batches(self) -> bool:
+        """Whether this callback overrides a batch hook (fit reads every step for it)."""
+        return any(getattr(type(self), hook) is not getattr(Callback, hook)
+                   for hook in ("on_train_batch_begin", "on_train_batch_end"))
+
+    def on_train_begin(self, logs: dict | None = None) -> None: ...
+    def on_train_end(self, logs: dict | None = None) -> None: ...
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None: ...
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None: ...
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None: ...
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None: ...
+
+
 class StopAtAccuracy:
     """Stop once ``monitor`` (training accuracy by default) passes ``target``, as the course's
     one-layer experiment stops past 80%. ``stopped_epoch`` is the 1-based epoch, or None."""

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from mnistlab.errors import TrainingDivergedError
+from mnistlab.training.callbacks import Callback
 
 LIVE_REFRESH_S = 0.25  # a live progress bar reads a lazy engine's results this often
 
@@ -48,6 +49,8 @@ class History:
         self.history: dict[str, list[float]] = {}
         self.epoch: list[int] = []
         self.steps: list[tuple[int, float]] = []
+        self.params: dict[str, Any] = {}  # Keras's: {"verbose", "epochs", "steps"}
+        self.model: Any = None
 
     def record_epoch(self, epoch: int, logs: dict[str, float]) -> None:
         self.epoch.append(epoch)
@@ -103,29 +106,56 @@ class _Epoch:
         self.seen += size
         self.last_loss, self.last_accuracy = loss, correct / size
 
-    def logs(self) -> dict[str, float]:
+    def logs(self, metrics: Sequence[str] = ("accuracy",)) -> dict[str, float]:
+        """{"loss": ..., and the accuracy under each compiled metric's name}."""
         seen = max(self.seen, 1)
         return {"loss": self.loss_sum if self.summed else self.loss_sum / seen,
-                "accuracy": self.correct / seen}
+                **{name: self.correct / seen for name in metrics}}
 
 
-def fit(model: Any, x: Any, y: Any, *, epochs: int = 1, batch_size: int = 32,
-        validation_data: tuple[Any, Any] | None = None, shuffle: bool = True,
-        seed: int | None = None, verbose: int = 1, callbacks: Sequence[Any] | None = None,
-        log_every: int = 1) -> History:
-    """Train ``model`` (anything with ``fit_session``) on x, y; see the module docstring."""
-    batch_size = check_batch_size(batch_size)
+def fit(model: Any, x: Any, y: Any, *, epochs: int = 1, batch_size: int | None = 32,
+        validation_data: tuple[Any, ...] | None = None, validation_split: float = 0.0,
+        shuffle: bool = True, seed: int | None = None, verbose: int | str = "auto",
+        callbacks: Sequence[Any] | None = None, class_weight: dict | None = None,
+        sample_weight: Any = None, initial_epoch: int = 0, log_every: int = 1) -> History:
+    """Train ``model`` (anything with ``fit_session``) on x, y; see the module docstring.
+
+    The arguments mean what Keras's ``Model.fit`` makes them mean: ``validation_split`` holds
+    out the *last* fraction of x and y (taken before any shuffling), ``class_weight`` and
+    ``sample_weight`` weigh each sample's loss (``sample_weights``), ``initial_epoch`` is the
+    first epoch to run, ``verbose`` is "auto" (= 1), 0 (silent), 1 (a live bar on a
+    terminal) or 2 (one line an epoch).
+    """
+    batch_size = 32 if batch_size is None else check_batch_size(batch_size)
+    verbose = check_verbose(verbose)
+    initial_epoch = _check_epochs(epochs, initial_epoch)
+    x, y, sample_weight, validation_data = split_validation(
+        x, y, sample_weight, validation_data, validation_split)
+    weights = sample_weights(y, class_weight, sample_weight, len(x))
     history, callbacks = History(), list(callbacks or ())
-    per_batch = any(hasattr(cb, "on_batch_end") for cb in callbacks)
+    keras_style = [cb for cb in callbacks if isinstance(cb, Callback)]
+    per_batch = any(hasattr(cb, "on_batch_end") for cb in callbacks) or any(
+        cb.wants_batches() for cb in keras_style)
+    options = {"sample_weight": weights} if weights is not None else {}
     with model.fit_session(x, y, validation_data=validation_data, seed=seed,
-                           batch_size=batch_size) as session:
+                           batch_size=batch_size, **options) as session:
         n = session.n
         summed = model.loss.reduction == "sum"
-        state = {"epoch": 0, "global_step": 0, "epochs": epochs, "batch_size": batch_size,
+        metrics = list(getattr(model, "metrics", ["accuracy"]))
+        state = {"epoch": initial_epoch, "global_step": initial_epoch * math.ceil(n / batch_size),
+                 "epochs": epochs, "batch_size": batch_size,
                  "steps_per_epoch": math.ceil(n / batch_size), "seed": seed,
                  "history": history}
+        history.params = {"verbose": verbose, "epochs": epochs,
+                          "steps": state["steps_per_epoch"]}
+        history.model, model.history = model, history
         model.stop_training = False
-        _call(callbacks, "on_train_begin", model, state)
+        for cb in keras_style:
+            cb.set_model(model)
+            cb.set_params(dict(history.params))
+        internal = [cb for cb in callbacks if not isinstance(cb, Callback)]
+        _call(internal, "on_train_begin", model, state)
+        _call(keras_style, "on_train_begin", {})
         step, window = state["global_step"], []
 
         def take(totals: _Epoch, epoch: int) -> None:
@@ -143,29 +173,33 @@ def fit(model: Any, x: Any, y: Any, *, epochs: int = 1, batch_size: int = 32,
                     history.steps.append((first + i, float(np.mean(window))))
                     window.clear()
 
+        logs: dict[str, float] = {}
         with _Progress(verbose, epochs, state["steps_per_epoch"]) as progress:
             for epoch in range(state["epoch"], epochs):
                 _call(callbacks, "on_epoch_begin", epoch, {})
                 session.begin_epoch(epoch, epoch_order(n, epoch, shuffle, seed))
                 totals, started, shown, batches = _Epoch(summed), time.perf_counter(), 0.0, 0
                 for start in range(0, n, batch_size):
+                    if per_batch:
+                        _call(keras_style, "on_train_batch_begin", batches, {})
                     session.step(start, start + batch_size)
                     step, batches = step + 1, batches + 1
                     now = time.perf_counter() - started
                     live = progress.live and now - shown > LIVE_REFRESH_S
                     if not session.lazy or per_batch or live:
                         take(totals, epoch)
-                        logs = totals.logs()
+                        logs = totals.logs(metrics)
                         progress.batch(epoch, batches, logs, now)
                         shown = now
                         if per_batch:
-                            _call(callbacks, "on_batch_end", step, {
+                            _call(internal, "on_batch_end", step, {
                                 **logs, "batch_loss": totals.last_loss,
                                 "batch_accuracy": totals.last_accuracy, "epoch": epoch})
+                            _call(keras_style, "on_train_batch_end", batches - 1, dict(logs))
                     if model.stop_training:
                         break
                 take(totals, epoch)
-                logs = {**totals.logs(), **session.validate()}
+                logs = {**totals.logs(metrics), **_validation_logs(session.validate(), metrics)}
                 history.record_epoch(epoch, logs)
                 progress.epoch_end(epoch, batches, logs, time.perf_counter() - started)
                 state.update(epoch=epoch + 1, global_step=step)
@@ -174,8 +208,94 @@ def fit(model: Any, x: Any, y: Any, *, epochs: int = 1, batch_size: int = 32,
                     break
         if window:  # the last, partial window of step losses
             history.steps.append((step, float(np.mean(window))))
-        _call(callbacks, "on_train_end", model, state)
+        _call(internal, "on_train_end", model, state)
+        _call(keras_style, "on_train_end", dict(logs))
     return history
+
+
+def check_verbose(verbose: Any) -> int:
+    """Keras's ``verbose``: "auto" is 1; 0, 1 and 2 as themselves; anything else refused."""
+    if verbose == "auto":
+        return 1
+    if isinstance(verbose, bool) or verbose not in (0, 1, 2):
+        raise ValueError(f"verbose must be 'auto', 0, 1 or 2, got {verbose!r}")
+    return int(verbose)
+
+
+def _check_epochs(epochs: Any, initial_epoch: Any) -> int:
+    for name, value in (("epochs", epochs), ("initial_epoch", initial_epoch)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(initial_epoch)
+
+
+def split_validation(x: Any, y: Any, sample_weight: Any, validation_data: Any,
+                     validation_split: float) -> tuple[Any, Any, Any, Any]:
+    """(x, y, sample_weight, validation_data) with Keras's ``validation_split``: the last
+    ``validation_split`` of the samples, before shuffling, become the validation data
+    (``validation_data``, when given, wins as in Keras)."""
+    if isinstance(validation_split, bool) or not 0.0 <= float(validation_split) < 1.0:
+        raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
+    if validation_data is not None:
+        if not isinstance(validation_data, tuple | list) or len(validation_data) not in (2, 3):
+            raise ValueError("validation_data must be a tuple (x_val, y_val) or "
+                             "(x_val, y_val, sample_weight_val)")
+        return x, y, sample_weight, tuple(validation_data[:2])
+    if not validation_split:
+        return x, y, sample_weight, None
+    n = len(x)
+    split_at = math.ceil(n * (1.0 - float(validation_split)))
+    if split_at in (0, n):
+        raise ValueError(f"validation_split={validation_split} of {n} samples leaves "
+                         f"{'no training' if split_at == 0 else 'no validation'} samples; "
+                         "use more samples or another split")
+    sw = None if sample_weight is None else np.asarray(sample_weight)[:split_at]
+    return x[:split_at], y[:split_at], sw, (x[split_at:], y[split_at:])
+
+
+def sample_weights(y: Any, class_weight: dict | None, sample_weight: Any,
+                   n: int) -> np.ndarray | None:
+    """Each sample's loss weight, (n,) float32, or None when every weight is 1: Keras's
+    ``class_weight`` ({class: weight}; a class it does not name weighs 1; one-hot labels by
+    their argmax) times ``sample_weight``."""
+    if class_weight is None and sample_weight is None:
+        return None
+    weights = np.ones(n, dtype=np.float32)
+    if sample_weight is not None:
+        sw = np.asarray(sample_weight, dtype=np.float64)
+        if sw.shape != (n,):
+            raise ValueError(f"sample_weight must have one weight per sample, shape ({n},), "
+                             f"got {sw.shape}")
+        if not np.all(np.isfinite(sw)) or np.any(sw < 0):
+            bad = int(np.flatnonzero(~np.isfinite(sw) | (sw < 0))[0])
+            raise ValueError(f"sample_weight[{bad}] is {sw[bad]}: weights must be finite "
+                             "and >= 0")
+        weights *= sw.astype(np.float32)
+    if class_weight is not None:
+        if not isinstance(class_weight, dict):
+            raise ValueError(f"class_weight must be a dict {{class: weight}}, got "
+                             f"{type(class_weight).__name__}")
+        labels = np.asarray(y)
+        if labels.ndim > 1:
+            labels = labels.argmax(axis=-1) if labels.shape[-1] != 1 else labels[:, 0]
+        labels = np.round(labels).astype(np.int64)
+        table = np.ones(max(int(labels.max()), *map(int, class_weight), 0) + 1)
+        for cls, weight in class_weight.items():
+            if not math.isfinite(float(weight)) or float(weight) < 0:
+                raise ValueError(f"class_weight[{cls!r}] is {weight}: weights must be "
+                                 "finite and >= 0")
+            if int(cls) >= 0:
+                table[int(cls)] = float(weight)
+        weights *= table[np.clip(labels, 0, len(table) - 1)].astype(np.float32)
+    return weights
+
+
+def _validation_logs(val: dict[str, float], metrics: list[str]) -> dict[str, float]:
+    """A session's {"val_loss", "val_accuracy"} under the compiled metrics' names."""
+    out = {"val_loss": val["val_loss"]} if "val_loss" in val else {}
+    if "val_accuracy" in val:
+        out.update({f"val_{name}": val["val_accuracy"] for name in metrics})
+    return out
 
 
 def _call(callbacks: list[Any], hook: str, *args: Any) -> None:
