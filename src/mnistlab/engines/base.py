@@ -195,7 +195,8 @@ class SequentialBase(LayerStack):
         self._ensure_built()
         return {"format": SPEC_FORMAT, "version": SPEC_VERSION,
                 "input_shape": list(self.input_shape), "dtype": str(self.dtype),
-                "layers": [layer.get_config() for layer in self.layers],
+                "layers": [{**layer.get_config(), **({"name": layer.name} if layer.name else {})}
+                           for layer in self.layers],
                 "preprocess": dict(self.preprocess)}
 
     def save(self, path: str | os.PathLike[str]) -> None:

@@ -163,21 +163,25 @@ def _keys(config: dict, where: str, required: set[str], optional: set[str]) -> N
 
 
 _COMMON = {"type"}
+_ANY = {"name"}  # optional on every layer: its Keras name
+_IMAGE = {"data_format"}  # optional on the layers over images: nn.layers.ImageLayer
+DATA_FORMATS = ("channels_first", "channels_last")  # nn.layers.DATA_FORMATS
+MAX_NAME = 128
 _LINEAR = {"activation", "kernel_initializer", "bias_initializer"}
 _LAYER_KEYS: dict[str, tuple[set[str], set[str]]] = {
     "Dense": ({"units"}, _LINEAR),
-    "Conv2D": ({"filters", "kernel_size"}, _LINEAR | {"strides", "padding"}),
-    "MaxPooling2D": (set(), {"pool_size", "strides", "padding"}),
-    "AveragePooling2D": (set(), {"pool_size", "strides", "padding"}),
-    "GlobalAveragePooling2D": (set(), set()),
-    "GlobalMaxPooling2D": (set(), set()),
+    "Conv2D": ({"filters", "kernel_size"}, _LINEAR | _IMAGE | {"strides", "padding"}),
+    "MaxPooling2D": (set(), _IMAGE | {"pool_size", "strides", "padding"}),
+    "AveragePooling2D": (set(), _IMAGE | {"pool_size", "strides", "padding"}),
+    "GlobalAveragePooling2D": (set(), _IMAGE),
+    "GlobalMaxPooling2D": (set(), _IMAGE),
     "Reshape": ({"target_shape"}, set()),
-    "BatchNormalization": (set(), {"momentum", "epsilon", "center", "scale"}),
+    "BatchNormalization": (set(), _IMAGE | {"momentum", "epsilon", "center", "scale"}),
     "ReLU": (set(), {"max_value", "negative_slope", "threshold"}),
     "LeakyReLU": (set(), {"negative_slope"}),
     "Softmax": (set(), {"axis"}),
     "Rescaling": ({"scale"}, {"offset"}),
-    "Cropping2D": (set(), {"cropping"}),
+    "Cropping2D": (set(), _IMAGE | {"cropping"}),
     "Flatten": (set(), set()),
     "Dropout": ({"rate"}, {"seed"}),
     "Activation": ({"activation"}, set()),
@@ -196,8 +200,14 @@ def _layer(config: Any, index: int, shape: tuple[int, ...]) -> tuple[dict, tuple
                                      f"{sorted(_LAYER_KEYS)}")
     where = f"{where} ({kind})"
     required, optional = _LAYER_KEYS[kind]
-    _keys(config, where, required | _COMMON, optional)
+    _keys(config, where, required | _COMMON, optional | _ANY)
     out = dict(config)
+    if "name" in config and not (isinstance(config["name"], str)
+                                 and 0 < len(config["name"]) <= MAX_NAME):
+        raise _fail(f"{where}.name", f"must be a string of 1 to {MAX_NAME} characters, got "
+                                     f"{_short(config['name'])}")
+    last = _choice(config.get("data_format", "channels_first"), f"{where}.data_format",
+                   DATA_FORMATS) == "channels_last"
     for key in ("activation",):
         if key in config:
             _choice(config[key], f"{where}.{key}", (None, *ACTIVATION_NAMES))
@@ -209,9 +219,14 @@ def _layer(config: Any, index: int, shape: tuple[int, ...]) -> tuple[dict, tuple
     padding = config.get("padding", "valid")
 
     def images(what: str) -> tuple[int, int, int]:
+        """(C, H, W) of the input, whichever side its channels are on."""
         if len(shape) != 3:
             raise _fail(where, f"{what} needs (channels, height, width) inputs, got {list(shape)}")
-        return shape  # type: ignore[return-value]
+        return (shape[2], shape[0], shape[1]) if last else shape  # type: ignore[return-value]
+
+    def image(c: int, h: int, w: int) -> tuple[int, int, int]:
+        """A (C, H, W) output in the layer's data_format."""
+        return (h, w, c) if last else (c, h, w)
 
     params = 0
     if kind == "Dense":
@@ -225,20 +240,20 @@ def _layer(config: Any, index: int, shape: tuple[int, ...]) -> tuple[dict, tuple
         sh, sw = _pair(config.get("strides", 1), f"{where}.strides", 1, MAX_WINDOW)
         c, h, w = images("Conv2D")
         params = filters * c * kh * kw + filters
-        shape = (filters, _out(h, kh, sh, padding, where), _out(w, kw, sw, padding, where))
+        shape = image(filters, _out(h, kh, sh, padding, where), _out(w, kw, sw, padding, where))
     elif kind in ("MaxPooling2D", "AveragePooling2D"):
         ph, pw = _pair(config.get("pool_size", 2), f"{where}.pool_size", 1, MAX_WINDOW)
         strides = config.get("strides")
         sh, sw = (ph, pw) if strides is None else _pair(strides, f"{where}.strides", 1,
                                                          MAX_WINDOW)
         c, h, w = images(kind)
-        shape = (c, _out(h, ph, sh, padding, where), _out(w, pw, sw, padding, where))
+        shape = image(c, _out(h, ph, sh, padding, where), _out(w, pw, sw, padding, where))
     elif kind == "Cropping2D":
         (top, bottom), (left, right) = _cropping(config.get("cropping", 0), f"{where}.cropping")
         c, h, w = images("Cropping2D")
         if top + bottom >= h or left + right >= w:
             raise _fail(where, f"cropping leaves nothing of a {h}x{w} image")
-        shape = (c, h - top - bottom, w - left - right)
+        shape = image(c, h - top - bottom, w - left - right)
     elif kind == "Flatten":
         shape = (math.prod(shape),)
     elif kind in ("GlobalAveragePooling2D", "GlobalMaxPooling2D"):
@@ -253,7 +268,8 @@ def _layer(config: Any, index: int, shape: tuple[int, ...]) -> tuple[dict, tuple
         if len(shape) not in (1, 3):
             raise _fail(where, f"BatchNormalization needs (features) or (channels, height, "
                                f"width) inputs, got {list(shape)}")
-        params = shape[0] * (2 + center + scale)  # moving mean and variance, gamma, beta
+        channels = images(kind)[0] if len(shape) == 3 else shape[0]
+        params = channels * (2 + center + scale)  # moving mean and variance, gamma, beta
     elif kind == "ReLU":
         if config.get("max_value") is not None:
             _float(config["max_value"], f"{where}.max_value", 0.0)
@@ -369,16 +385,19 @@ def expected_shapes(spec: Any) -> dict[str, tuple[int, ...]]:
     shape, walked = _walk(spec)
     shapes: dict[str, tuple[int, ...]] = {}
     for index, (config, out, _params) in enumerate(walked):
+        last = config.get("data_format") == "channels_last"
+        channels_in = shape[-1] if last and len(shape) == 3 else shape[0]
         if config["type"] == "Dense":
             shapes[f"{index}.W"], shapes[f"{index}.b"] = (shape[0], out[0]), (out[0],)
         elif config["type"] == "Conv2D":
             kh, kw = _pair(config["kernel_size"], "kernel_size", 1, MAX_WINDOW)
-            shapes[f"{index}.W"] = (out[0], shape[0], kh, kw)
-            shapes[f"{index}.b"] = (out[0],)
+            filters = config["filters"]
+            shapes[f"{index}.W"] = (filters, channels_in, kh, kw)
+            shapes[f"{index}.b"] = (filters,)
         elif config["type"] == "BatchNormalization":  # params, then state (the layer's order)
             names = (["gamma"] if config.get("scale", True) else []) \
                 + (["beta"] if config.get("center", True) else []) \
                 + ["moving_mean", "moving_variance"]
-            shapes.update({f"{index}.{name}": (shape[0],) for name in names})
+            shapes.update({f"{index}.{name}": (channels_in,) for name in names})
         shape = out
     return shapes

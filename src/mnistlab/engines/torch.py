@@ -143,6 +143,9 @@ class SpecLayer(nn.Module):
     ``STATE`` names the buffers that hold the NumPy layer's ``state`` (no optimizer's)."""
 
     activation = "linear"
+    # the NumPy layer's data_format is "channels_last": (N, H, W, C) batches, computed on as
+    # (N, C, H, W) through permuted views, as the NumPy layer does (nn.layers.ImageLayer)
+    channels_last = False
     PARAMS: ClassVar[dict[str, tuple[str, bool]]] = {}
     STATE: ClassVar[tuple[str, ...]] = ()  # names of buffers holding the NumPy layer's state
 
@@ -150,6 +153,9 @@ class SpecLayer(nn.Module):
         return x
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.channels_last and x.dim() == 4:
+            y = ACTIVATIONS[self.activation](self.pre_activation(x.permute(0, 3, 1, 2)))
+            return y.permute(0, 2, 3, 1) if y.dim() == 4 else y
         return ACTIVATIONS[self.activation](self.pre_activation(x))
 
     def numpy_params(self) -> dict[str, tuple[nn.Parameter, bool]]:
@@ -398,7 +404,7 @@ def torch_layer(layer: np_layers.Layer, dtype: torch.dtype = torch.float32) -> S
     if kind == "Dense":
         module: SpecLayer = TorchDense(layer.input_shape[0], layer.units, act, dtype)
     elif kind == "Conv2D":
-        module = TorchConv2D(layer.input_shape[0], layer.filters, layer.kernel_size,
+        module = TorchConv2D(layer.chw[0], layer.filters, layer.kernel_size,
                              layer.strides, layer.pads, act, dtype)
     elif kind == "MaxPooling2D":
         module = TorchMaxPooling2D(layer.pool_size, layer.strides, layer.pads)
@@ -420,7 +426,8 @@ def torch_layer(layer: np_layers.Layer, dtype: torch.dtype = torch.float32) -> S
     elif kind == "Reshape":
         module = TorchReshape(layer.output_shape)
     elif kind == "BatchNormalization":
-        module = TorchBatchNormalization(layer.input_shape[0], layer.momentum, layer.epsilon,
+        module = TorchBatchNormalization(len(layer.state["moving_mean"]), layer.momentum,
+                                         layer.epsilon,
                                          layer.center, layer.scale, dtype)
     elif kind == "ReLU":
         module = TorchReLU(layer.max_value, layer.negative_slope, layer.threshold)
@@ -434,6 +441,7 @@ def torch_layer(layer: np_layers.Layer, dtype: torch.dtype = torch.float32) -> S
         raise ValueError(f"the torch engine has no {kind!r} layer yet")
     if act not in ACTIVATIONS:
         raise ValueError(f"the torch engine has no {act!r} activation yet")
+    module.channels_last = getattr(layer, "data_format", None) == "channels_last"
     with torch.no_grad():
         for name, (param, transposed) in module.numpy_params().items():
             value = torch.from_numpy(np.ascontiguousarray(layer.params[name]))

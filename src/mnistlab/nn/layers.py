@@ -37,6 +37,7 @@ class Layer:
     """Base class: ``build`` allocates parameters; ``forward``/``backward`` do the math."""
 
     activation: ActivationFunction | None = None
+    name: str | None = None  # a Keras name ("dense_1"), kept in get_config when set
     # The model sets this False on its first layer with parameters: nothing needs dL/dx
     # there, so backward skips that product (as autograd does) and returns None.
     needs_input_grad = True
@@ -84,6 +85,77 @@ class Layer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "type")
         return f"{type(self).__name__}({args})"
+
+
+DATA_FORMATS = ("channels_first", "channels_last")
+
+
+def check_data_format(data_format: str | None, default: str = "channels_first") -> str:
+    if data_format is None:
+        return default
+    if data_format not in DATA_FORMATS:
+        raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
+    return data_format
+
+
+class ImageLayer(Layer):
+    """Base of the layers over images. The algorithms below are written for the engine's
+    (N, C, H, W); ``data_format`` says where a batch keeps its channels:
+
+    - "channels_first": (N, C, H, W), the engine's and the textbook's order (the default);
+    - "channels_last": (N, H, W, C), Keras's default (``mnistlab.keras`` uses it): such a
+      batch is computed on through a transposed NCHW *view* (no copy) and given back as an
+      NHWC view, so weights, results and gradients are the same in both formats.
+    """
+
+    def __init__(self, data_format: str | None = None, input_shape: Shape | None = None) -> None:
+        super().__init__(input_shape)
+        self.data_format = check_data_format(data_format)
+
+    @property
+    def channels_last(self) -> bool:
+        return self.data_format == "channels_last"
+
+    def image_chw(self, input_shape: Shape) -> tuple[int, int, int]:
+        """(C, H, W) of one input image in this layer's data_format; a clear error when the
+        shape is not an image, or plainly has its channels on the other side."""
+        name = type(self).__name__
+        order = "(N, H, W, C)" if self.channels_last else "(N, C, H, W)"
+        if len(input_shape) != 3:
+            raise ValueError(f"{name} expects images {order} (data_format="
+                             f"{self.data_format!r}), got per-sample shape {tuple(input_shape)}")
+        first, middle, last = input_shape
+        # plainly the other side: 1 or 3 channels (grey, RGB) beside two image sides >= 8
+        if self.channels_last and first in (1, 3) and min(middle, last) >= 8:
+            raise ValueError(
+                f"{name} got images of shape {tuple(input_shape)}, channels first, but its "
+                "data_format is 'channels_last' (H, W, C): pass data_format='channels_first' "
+                f"or reshape the images to (N, {input_shape[1]}, {last}, {first})")
+        if not self.channels_last and last in (1, 3) and min(first, middle) >= 8:
+            raise ValueError(
+                f"{name} got images of shape {tuple(input_shape)}, channels last, but its "
+                "data_format is 'channels_first' (C, H, W): pass data_format='channels_last' "
+                f"or reshape the images to (N, {last}, {first}, {input_shape[1]})")
+        if self.channels_last:
+            return last, first, input_shape[1]
+        return tuple(input_shape)  # type: ignore[return-value]
+
+    def image_shape(self, chw: Shape) -> Shape:
+        """A (C, H, W) shape in this layer's data_format."""
+        c, h, w = chw
+        return (h, w, c) if self.channels_last else (c, h, w)
+
+    def as_nchw(self, x: np.ndarray) -> np.ndarray:
+        """A batch in this layer's data_format as (N, C, H, W): itself, or a view."""
+        return x.transpose(0, 3, 1, 2) if self.channels_last and x.ndim == 4 else x
+
+    def as_given(self, y: np.ndarray) -> np.ndarray:
+        """An (N, C, H, W) result back in this layer's data_format (a view); others as is."""
+        return y.transpose(0, 2, 3, 1) if self.channels_last and y.ndim == 4 else y
+
+    def format_config(self) -> dict:
+        """``data_format`` for get_config, only when not the engine's own (older files)."""
+        return {"data_format": self.data_format} if self.channels_last else {}
 
 
 class Dense(Layer):
@@ -194,7 +266,7 @@ def window_slices(
             slice(j, j + sw * (ow - 1) + 1, sw))
 
 
-class Conv2D(Layer):
+class Conv2D(ImageLayer):
     """2-D convolution (cross-correlation, as Keras/PyTorch) by im2col and one matmul.
 
     x (N, C, H, W) -> cols (C*kh*kw, N*OH*OW) -> z = W2 @ cols (F, N*OH*OW) -> (N, F, OH, OW)
@@ -212,8 +284,9 @@ class Conv2D(Layer):
         kernel_initializer: str = "glorot_uniform",
         bias_initializer: str = "zeros",
         input_shape: Shape | None = None,
+        data_format: str | None = None,
     ) -> None:
-        super().__init__(input_shape)
+        super().__init__(data_format, input_shape)
         if int(filters) < 1:
             raise ValueError(f"Conv2D filters must be >= 1, got {filters}")
         self.filters = int(filters)
@@ -225,9 +298,7 @@ class Conv2D(Layer):
         self.bias_initializer = check_initializer(bias_initializer)
 
     def build(self, input_shape: Shape, rng: np.random.Generator, dtype: Any) -> Shape:
-        if len(input_shape) != 3:
-            raise ValueError(f"Conv2D expects NCHW images (N, C, H, W), got {input_shape}")
-        c, h, w = input_shape
+        c, h, w = self.chw = self.image_chw(input_shape)
         (kh, kw), (sh, sw), f = self.kernel_size, self.strides, self.filters
         oh, top, bottom = output_size(h, kh, sh, self.padding)
         ow, left, right = output_size(w, kw, sw, self.padding)
@@ -236,7 +307,7 @@ class Conv2D(Layer):
         self._add_param("W", initialize(self.kernel_initializer, (f, c, kh, kw), fan_in, fan_out,
                                         rng, dtype))
         self._add_param("b", initialize(self.bias_initializer, (f,), fan_in, fan_out, rng, dtype))
-        self.input_shape, self.output_shape = tuple(input_shape), (f, oh, ow)
+        self.input_shape, self.output_shape = tuple(input_shape), self.image_shape((f, oh, ow))
         return self.output_shape
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
@@ -247,6 +318,7 @@ class Conv2D(Layer):
         return self.linear_backward(self.activation.backward(dy))
 
     def linear_forward(self, x: np.ndarray) -> np.ndarray:
+        x = self.as_nchw(x)
         n, c, h, w = x.shape
         (kh, kw), (oh, ow), f = self.kernel_size, self.out_hw, self.filters
         top, bottom, left, right = self.pads
@@ -262,11 +334,13 @@ class Conv2D(Layer):
         self.cols = cols.reshape(c * kh * kw, n * oh * ow)  # kept for dW
         z = self.params["W"].reshape(f, -1) @ self.cols  # (F, N*OH*OW): one matmul for all
         z += self.params["b"][:, None]  # while z is contiguous: 2x faster than after
+        if self.channels_last:
+            return np.ascontiguousarray(z.reshape(f, n, oh, ow).transpose(1, 2, 3, 0))  # NHWC
         return np.ascontiguousarray(z.reshape(f, n, oh, ow).transpose(1, 0, 2, 3))  # NCHW
 
     def linear_backward(self, dz: np.ndarray) -> np.ndarray | None:
         n, (kh, kw), (oh, ow), f = len(dz), self.kernel_size, self.out_hw, self.filters
-        dz2 = dz.reshape(n, f, oh * ow).transpose(1, 0, 2).reshape(f, -1)  # (F, N*OH*OW) copy
+        dz2 = self.as_nchw(dz).transpose(1, 0, 2, 3).reshape(f, -1)  # (F, N*OH*OW) copy
         w2 = self.params["W"].reshape(f, -1)  # (F, C*kh*kw)
         np.matmul(dz2, self.cols.T, out=self.grads["W"].reshape(f, -1))  # dW = dz2 cols^T
         np.sum(dz2, axis=1, out=self.grads["b"])  # db: sum over images and positions
@@ -278,18 +352,20 @@ class Conv2D(Layer):
             for j in range(kw):
                 dxp[window_slices(i, j, self.strides, self.out_hw)] += dcols[:, i, j]
         top, _, left, _ = self.pads
-        h, w = self.input_shape[1:]
-        return np.ascontiguousarray(dxp[:, :, top : top + h, left : left + w].transpose(1, 0, 2, 3))
+        h, w = self.chw[1:]
+        dx = dxp[:, :, top : top + h, left : left + w]  # (C, N, H, W)
+        return np.ascontiguousarray(dx.transpose(1, 2, 3, 0) if self.channels_last
+                                    else dx.transpose(1, 0, 2, 3))
 
     def get_config(self) -> dict:
         return {"type": "Conv2D", "filters": self.filters, "kernel_size": list(self.kernel_size),
                 "strides": list(self.strides), "padding": self.padding,
                 "activation": self.activation.name,
                 "kernel_initializer": self.kernel_initializer,
-                "bias_initializer": self.bias_initializer}
+                "bias_initializer": self.bias_initializer, **self.format_config()}
 
 
-class _Pooling2D(Layer):
+class _Pooling2D(ImageLayer):
     """What the pooling layers share: pool_size windows at strides, "valid" or "same"
     (Keras's padding), over NCHW images (N, C, H, W) -> (N, C, OH, OW)."""
 
@@ -299,21 +375,19 @@ class _Pooling2D(Layer):
         strides: int | tuple[int, int] | None = None,
         padding: str = "valid",
         input_shape: Shape | None = None,
+        data_format: str | None = None,
     ) -> None:
-        super().__init__(input_shape)
+        super().__init__(data_format, input_shape)
         self.pool_size = _pair(pool_size, "pool_size")
         self.strides = self.pool_size if strides is None else _pair(strides, "strides")
         self.padding = _check_padding(padding)
 
     def build(self, input_shape: Shape, rng: np.random.Generator, dtype: Any) -> Shape:
-        if len(input_shape) != 3:
-            raise ValueError(f"{type(self).__name__} expects NCHW images (N, C, H, W), got "
-                             f"{input_shape}")
-        c, h, w = input_shape
+        c, h, w = self.chw = self.image_chw(input_shape)
         oh, top, bottom = output_size(h, self.pool_size[0], self.strides[0], self.padding)
         ow, left, right = output_size(w, self.pool_size[1], self.strides[1], self.padding)
         self.pads, self.out_hw = (top, bottom, left, right), (oh, ow)
-        self.input_shape, self.output_shape = tuple(input_shape), (c, oh, ow)
+        self.input_shape, self.output_shape = tuple(input_shape), self.image_shape((c, oh, ow))
         return self.output_shape
 
     def offsets(self) -> list[tuple[int, int]]:
@@ -322,7 +396,7 @@ class _Pooling2D(Layer):
 
     def get_config(self) -> dict:
         return {"type": type(self).__name__, "pool_size": list(self.pool_size),
-                "strides": list(self.strides), "padding": self.padding}
+                "strides": list(self.strides), "padding": self.padding, **self.format_config()}
 
 
 class MaxPooling2D(_Pooling2D):
@@ -339,20 +413,21 @@ class MaxPooling2D(_Pooling2D):
         return self.output_shape
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        self.xp = pad2d(x, self.pads, value=-np.inf)  # padding never wins the max
+        self.xp = pad2d(self.as_nchw(x), self.pads, value=-np.inf)  # padding never wins the max
         self.via_kernel = self.use_kernels and self.tiled  # backward takes the same path
         if self.via_kernel:  # kernels.maxpool_tiled_forward: the same max, faster, cols then rows
             self.y, self.row_max = kernels.maxpool_tiled_forward(self.xp, self.pool_size,
                                                                  self.out_hw)
-            return self.y
+            return self.as_given(self.y)
         windows = [self.xp[window_slices(i, j, self.strides, self.out_hw)]
                    for i, j in self.offsets()]
         self.y = windows[0].copy()  # (N, C, OH, OW): running max over the window offsets
         for window in windows[1:]:
             np.maximum(self.y, window, out=self.y)
-        return self.y
+        return self.as_given(self.y)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
+        dy = self.as_nchw(dy)
         if self.via_kernel:  # kernels.maxpool_tiled_backward: the same dx without mask or zeros
             dxp = kernels.maxpool_tiled_backward(dy, self.xp, self.y, self.row_max,
                                                  self.pool_size)
@@ -366,12 +441,12 @@ class MaxPooling2D(_Pooling2D):
                 unclaimed ^= hit
                 dxp[view] += dy * hit
         top, _, left, _ = self.pads
-        h, w = self.input_shape[1:]
-        return dxp[:, :, top : top + h, left : left + w]
+        h, w = self.chw[1:]
+        return self.as_given(dxp[:, :, top : top + h, left : left + w])
 
 
 
-class Cropping2D(Layer):
+class Cropping2D(ImageLayer):
     """Drop border rows and columns: x (N, C, H, W) -> x[:, :, top:H-bottom, left:W-right].
 
     ``cropping`` as in Keras: an int (all four sides), (rows, columns) cut from both ends,
@@ -383,33 +458,33 @@ class Cropping2D(Layer):
         self,
         cropping: int | tuple[int, int] | tuple[tuple[int, int], tuple[int, int]] = 0,
         input_shape: Shape | None = None,
+        data_format: str | None = None,
     ) -> None:
-        super().__init__(input_shape)
+        super().__init__(data_format, input_shape)
         self.cropping = _crop_amounts(cropping)
 
     def build(self, input_shape: Shape, rng: np.random.Generator, dtype: Any) -> Shape:
-        if len(input_shape) != 3:
-            raise ValueError(f"Cropping2D expects NCHW images (N, C, H, W), got {input_shape}")
-        c, h, w = input_shape
+        c, h, w = self.chw = self.image_chw(input_shape)
         (top, bottom), (left, right) = self.cropping
         if top + bottom >= h or left + right >= w:
             raise ValueError(f"cropping {self.cropping} leaves nothing of a {h}x{w} image")
         self.input_shape = tuple(input_shape)
-        self.output_shape = (c, h - top - bottom, w - left - right)
+        self.output_shape = self.image_shape((c, h - top - bottom, w - left - right))
         # the index of what is kept, (N, C, H, W): both passes (and the torch engine) use it
         self.kept = (slice(None), slice(None), slice(top, h - bottom), slice(left, w - right))
         return self.output_shape
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        return x[self.kept]  # a view: no copy
+        return self.as_given(self.as_nchw(x)[self.kept])  # a view: no copy
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         dx = np.zeros((len(dy), *self.input_shape), dtype=dy.dtype)  # the border had no effect
-        dx[self.kept] = dy
+        self.as_nchw(dx)[self.kept] = self.as_nchw(dy)
         return dx
 
     def get_config(self) -> dict:
-        return {"type": "Cropping2D", "cropping": [list(pair) for pair in self.cropping]}
+        return {"type": "Cropping2D", "cropping": [list(pair) for pair in self.cropping],
+                **self.format_config()}
 
 
 def _crop_amounts(cropping: Any) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -516,70 +591,80 @@ class AveragePooling2D(_Pooling2D):
 
     def build(self, input_shape: Shape, rng: np.random.Generator, dtype: Any) -> Shape:
         super().build(input_shape, rng, dtype)
-        covered = pad2d(np.ones((1, 1, *input_shape[1:])), self.pads)  # 1 on real pixels
+        covered = pad2d(np.ones((1, 1, *self.chw[1:])), self.pads)  # 1 on real pixels
         self.count = sum(covered[window_slices(i, j, self.strides, self.out_hw)]
                          for i, j in self.offsets())[0, 0]  # (OH, OW) real pixels per window
         return self.output_shape
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        xp = pad2d(x, self.pads)  # zeros add nothing to the sums
-        total = np.zeros((len(x), x.shape[1], *self.out_hw), dtype=x.dtype)
+        xp = pad2d(self.as_nchw(x), self.pads)  # zeros add nothing to the sums
+        total = np.zeros((len(x), self.chw[0], *self.out_hw), dtype=x.dtype)
         for i, j in self.offsets():
             total += xp[window_slices(i, j, self.strides, self.out_hw)]
         self.padded_shape = xp.shape
-        return total / self.count.astype(x.dtype)
+        return self.as_given(total / self.count.astype(x.dtype))
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        share = dy / self.count.astype(dy.dtype)  # what each pixel of a window receives
+        share = self.as_nchw(dy) / self.count.astype(dy.dtype)  # what each window pixel gets
         dxp = np.zeros(self.padded_shape, dtype=dy.dtype)
         for i, j in self.offsets():
             dxp[window_slices(i, j, self.strides, self.out_hw)] += share
         top, _, left, _ = self.pads
-        h, w = self.input_shape[1:]
-        return dxp[:, :, top : top + h, left : left + w]
+        h, w = self.chw[1:]
+        return self.as_given(dxp[:, :, top : top + h, left : left + w])
 
 
 
-class GlobalAveragePooling2D(Layer):
+class GlobalAveragePooling2D(ImageLayer):
     """Mean over each channel's image: x (N, C, H, W) -> y (N, C);  dx = dy / (H*W) everywhere."""
 
+    def __init__(self, data_format: str | None = None, input_shape: Shape | None = None) -> None:
+        super().__init__(data_format, input_shape)
+
     def build(self, input_shape: Shape, rng: np.random.Generator, dtype: Any) -> Shape:
-        if len(input_shape) != 3:
-            raise ValueError(f"GlobalAveragePooling2D expects NCHW images (N, C, H, W), got "
-                             f"{input_shape}")
-        self.input_shape, self.output_shape = tuple(input_shape), (input_shape[0],)
+        self.chw = self.image_chw(input_shape)
+        self.input_shape, self.output_shape = tuple(input_shape), (self.chw[0],)
         return self.output_shape
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        return x.mean(axis=(2, 3))
+        return self.as_nchw(x).mean(axis=(2, 3))
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        c, h, w = self.input_shape
+        c, h, w = self.chw
         share = dy / dy.dtype.type(h * w)  # (N, C)
-        return np.broadcast_to(share[:, :, None, None], (len(dy), c, h, w)).copy()
+        dx = np.broadcast_to(share[:, :, None, None], (len(dy), c, h, w))
+        return np.ascontiguousarray(self.as_given(dx))
+
+    def get_config(self) -> dict:
+        return {"type": "GlobalAveragePooling2D", **self.format_config()}
 
 
-class GlobalMaxPooling2D(Layer):
+class GlobalMaxPooling2D(ImageLayer):
     """Max over each channel's image: x (N, C, H, W) -> y (N, C); backward sends dy to the
     first pixel holding the max (row-major order, as MaxPooling2D and PyTorch)."""
 
+    def __init__(self, data_format: str | None = None, input_shape: Shape | None = None) -> None:
+        super().__init__(data_format, input_shape)
+
     def build(self, input_shape: Shape, rng: np.random.Generator, dtype: Any) -> Shape:
-        if len(input_shape) != 3:
-            raise ValueError(f"GlobalMaxPooling2D expects NCHW images (N, C, H, W), got "
-                             f"{input_shape}")
-        self.input_shape, self.output_shape = tuple(input_shape), (input_shape[0],)
+        self.chw = self.image_chw(input_shape)
+        self.input_shape, self.output_shape = tuple(input_shape), (self.chw[0],)
         return self.output_shape
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        x = self.as_nchw(x)
         flat = x.reshape(*x.shape[:2], -1)  # (N, C, H*W)
         self.argmax = flat.argmax(axis=2)[:, :, None]  # (N, C, 1): argmax takes the first max
         return np.take_along_axis(flat, self.argmax, axis=2)[:, :, 0]
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        c, h, w = self.input_shape
+        c, h, w = self.chw
         dx = np.zeros((len(dy), c, h * w), dtype=dy.dtype)
         np.put_along_axis(dx, self.argmax, dy[:, :, None], axis=2)
-        return dx.reshape(len(dy), c, h, w)
+        return np.ascontiguousarray(self.as_given(dx.reshape(len(dy), c, h, w)))
+
+    def get_config(self) -> dict:
+        return {"type": "GlobalMaxPooling2D", **self.format_config()}
 
 
 class Reshape(Layer):
@@ -615,9 +700,10 @@ class Reshape(Layer):
         return {"type": "Reshape", "target_shape": list(self.target_shape)}
 
 
-class BatchNormalization(Layer):
+class BatchNormalization(ImageLayer):
     """Keras 3's batch normalization over the channel axis: axis 1 of the engine's (N, C, H, W)
-    images (statistics over N, H, W) and of flat (N, features) inputs (over N).
+    images (statistics over N, H, W; the last axis for ``data_format="channels_last"``, as
+    Keras's axis=-1) and of flat (N, features) inputs (over N).
 
         training:  mean, var = batch mean and *biased* variance per channel
                    moving = moving * momentum + batch * (1 - momentum)   (both, as Keras 3)
@@ -635,8 +721,9 @@ class BatchNormalization(Layer):
     """
 
     def __init__(self, momentum: float = 0.99, epsilon: float = 1e-3, center: bool = True,
-                 scale: bool = True, input_shape: Shape | None = None) -> None:
-        super().__init__(input_shape)
+                 scale: bool = True, input_shape: Shape | None = None,
+                 data_format: str | None = None) -> None:
+        super().__init__(data_format, input_shape)
         if not 0.0 <= float(momentum) <= 1.0 or not float(epsilon) > 0.0:
             raise ValueError(f"BatchNormalization needs 0 <= momentum <= 1 and epsilon > 0, "
                              f"got {momentum}, {epsilon}")
@@ -646,9 +733,9 @@ class BatchNormalization(Layer):
 
     def build(self, input_shape: Shape, rng: np.random.Generator, dtype: Any) -> Shape:
         if len(input_shape) not in (1, 3):
-            raise ValueError(f"BatchNormalization expects (N, features) or (N, C, H, W), got "
+            raise ValueError(f"BatchNormalization expects (N, features) or images, got "
                              f"{input_shape}")
-        c = input_shape[0]
+        c = self.image_chw(input_shape)[0] if len(input_shape) == 3 else input_shape[0]
         self.params, self.grads = {}, {}
         if self.scale:
             self._add_param("gamma", np.ones(c, dtype=dtype))
@@ -660,6 +747,13 @@ class BatchNormalization(Layer):
         return self.output_shape
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        return self.as_given(self._forward(self.as_nchw(x), training))
+
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        dx = self._backward(self.as_nchw(dy))
+        return None if dx is None else self.as_given(dx)
+
+    def _forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         axes = (0, *range(2, x.ndim))  # every axis but the channels
         per_channel = (1, -1) + (1,) * (x.ndim - 2)  # (C,) -> broadcast against x
         if training:
@@ -677,7 +771,7 @@ class BatchNormalization(Layer):
         y = self.x_hat * self.params["gamma"].reshape(per_channel) if self.scale else self.x_hat
         return y + self.params["beta"].reshape(per_channel) if self.center else y.copy()
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def _backward(self, dy: np.ndarray) -> np.ndarray | None:
         axes, per_channel = self.axes, self.per_channel
         if self.center:
             np.sum(dy, axis=axes, out=self.grads["beta"])  # dbeta = sum dy
@@ -698,7 +792,8 @@ class BatchNormalization(Layer):
 
     def get_config(self) -> dict:
         return {"type": "BatchNormalization", "momentum": self.momentum,
-                "epsilon": self.epsilon, "center": self.center, "scale": self.scale}
+                "epsilon": self.epsilon, "center": self.center, "scale": self.scale,
+                **self.format_config()}
 
 
 class ReLU(Layer):
@@ -821,13 +916,15 @@ def layer_from_config(config: dict) -> Layer:
     if not isinstance(config, dict) or "type" not in config:
         raise ValueError(f"a layer config must be a dict with a 'type', got {config!r}")
     kwargs = dict(config)
-    kind = kwargs.pop("type")
+    kind, name = kwargs.pop("type"), kwargs.pop("name", None)
     if kind not in LAYER_TYPES:
         raise ValueError(f"unknown layer type {kind!r}; known: {sorted(LAYER_TYPES)}")
     try:
-        return LAYER_TYPES[kind](**kwargs)
+        layer = LAYER_TYPES[kind](**kwargs)
     except TypeError as exc:
         raise ValueError(f"bad config for {kind}: {exc}") from None
+    layer.name = name
+    return layer
 
 
 __all__ = [
