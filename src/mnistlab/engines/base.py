@@ -139,20 +139,35 @@ class SequentialBase(LayerStack):
         """All weights, trainable and not (Keras's total)."""
         return sum(math.prod(shape) for shape in self.weight_shapes().values())
 
-    def get_weights(self) -> dict[str, np.ndarray]:
+    def named_weights(self) -> dict[str, np.ndarray]:
         """Copies of all weights, named "{layer index}.{name}" (e.g. "0.W", "3.moving_mean"),
-        NumPy layouts, in ``weight_shapes`` order: params then state within a layer."""
+        NumPy layouts, in ``weight_shapes`` order: params then state within a layer. (What
+        model files, checkpoints and engine moves use; Keras's flat list is
+        ``mnistlab.keras``'s ``get_weights``.)"""
         self._ensure_built()
         return self._read_weights()
 
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """``named_weights()``: the NumPy API's named dict."""
+        return self.named_weights()
+
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
-        """Copy ``weights`` (same names and shapes as ``get_weights``) into the model."""
+        """``set_named_weights``: the NumPy API's named dict."""
+        self.set_named_weights(weights)
+
+    def set_named_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """Copy ``weights`` (same names and shapes as ``named_weights``) into the model;
+        every name, shape and dtype is checked before anything is written."""
+        if not isinstance(weights, dict):
+            raise TypeError(f"weights must be a dict {{name: array}} as named_weights() "
+                            f"returns, got {type(weights).__name__}")
         shapes = self.weight_shapes()
         missing = sorted(shapes.keys() - weights.keys())
         extra = sorted(weights.keys() - shapes.keys())
         if missing or extra:
             raise ValueError(f"weight names do not match the model: missing {missing}, "
                              f"unexpected {extra}")
+        values = {}
         for name, shape in shapes.items():
             value = np.asarray(weights[name])
             if value.shape != shape:
@@ -161,6 +176,8 @@ class SequentialBase(LayerStack):
             if not np.can_cast(value.dtype, self.dtype, casting="same_kind"):
                 raise ValueError(f"weight {name!r} is {value.dtype}, the model needs "
                                  f"{self.dtype}")
+            values[name] = value
+        for name, value in values.items():
             self._write_weight(name, value)
 
     def summary(self, print_fn: Callable[[str], Any] = print) -> int:

@@ -72,7 +72,7 @@ def weights_digest(weights: dict[str, np.ndarray]) -> str:
 
 
 def save_model(model: Any, path: str | os.PathLike[str]) -> None:
-    """Write ``model`` (either engine's: its ``spec()`` and ``get_weights()``) to ``path``
+    """Write ``model`` (either engine's: its ``spec()`` and ``named_weights()``) to ``path``
     atomically, with the weights' checksum. Refuses non-finite weights (a file never holds a
     diverged model) and a spec ``validate_spec`` refuses (mnistlab never writes a file it
     would not read)."""
@@ -82,7 +82,7 @@ def save_model(model: Any, path: str | os.PathLike[str]) -> None:
     except ModelFileError as exc:
         raise ModelFileError(f"{path}: not saved, the model is outside what model files "
                              f"allow ({exc})") from None
-    weights = model.get_weights()
+    weights = model.named_weights()
     for name, w in weights.items():
         if not np.isfinite(w).all():
             raise ModelFileError(f"{path}: not saved, weight {name!r} holds NaN or infinite "

@@ -521,7 +521,7 @@ def import_weights(path: str | os.PathLike[str], dtype: str = "float32") -> Sequ
         layers, input_shape=(784,), dtype=dtype, preprocess={"scale": "unit"}, name="textbook"
     )
     model.build()
-    model.set_weights(
+    model.set_named_weights(
         {f"{i}.{p}": weights[f"{p}{i + 1}"].astype(dtype) for i in range(3) for p in ("W", "b")}
     )
     return model

@@ -184,5 +184,5 @@ def load_model(path: Any, *, allow_unverified: bool = False) -> Sequential:
     except (ValueError, TypeError) as exc:
         raise ModelFileError(f"{path}: invalid model spec ({exc})") from None
     check_weights(tensors, {**model.named_params(), **model.named_state()}, path)
-    model.set_weights(tensors)
+    model.set_named_weights(tensors)
     return model

@@ -973,7 +973,7 @@ def to_torch(model: Sequential, device: str | torch.device = "cpu",
                           seed=model.seed, dtype=spec["dtype"], input_shape=spec["input_shape"],
                           preprocess=spec["preprocess"], name=model.name, device=device,
                           channels_last=channels_last)
-    out.set_weights(model.get_weights())
+    out.set_named_weights(model.named_weights())
     if model.loss is not None and model.optimizer is not None:
         out.compile(_optimizer_copy(model.optimizer), get_loss(model.loss.name),
                     model.metrics or None)
@@ -987,7 +987,7 @@ def to_numpy(model: TorchSequential) -> Sequential:
     and optimizer state carry over when it was compiled."""
     out = model_from_spec(model.spec(), seed=model.seed)
     out.name = model.name
-    out.set_weights(model.get_weights())
+    out.set_named_weights(model.named_weights())
     if model.loss is not None and model.optimizer is not None:
         out.compile(_optimizer_copy(model.optimizer), model.loss.name, model.metrics or None)
         if model.optimizer.iterations:

@@ -359,7 +359,7 @@ def first_layer_kernel(model: Any) -> np.ndarray | None:
             if kind in ("Flatten", "Dropout", "Activation"):
                 continue
             return None  # a pooling layer first: the weights no longer see pixels
-        w = model.get_weights().get(f"{index}.W")
+        w = model.named_weights().get(f"{index}.W")
         if w is None:
             return None
         if kind == "Dense" and w.ndim == 2 and w.shape[0] == IMAGE_PIXELS:

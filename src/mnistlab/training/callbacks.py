@@ -2,8 +2,8 @@
 
 Callbacks are plain objects with some of the hooks `mnistlab.training.fit` calls
 (``on_train_begin(model, state)``, ``on_epoch_end(epoch, logs)``, ...). They work with both
-engines: they only use ``get_weights``/``set_weights``, ``optimizer.get_state``/``set_state``
-and ``stop_training``.
+engines: they only use ``named_weights``/``set_named_weights``,
+``optimizer.get_state``/``set_state`` and ``stop_training``.
 
 A checkpoint is one safetensors file: the weights (``weights/<name>``), the optimizer state
 (``optimizer/<slot>.<name>``), and in the metadata the epoch reached, the global step, the
@@ -132,7 +132,8 @@ class Resume:
 
 def save_checkpoint(path: str | os.PathLike[str], model: Any, state: dict) -> None:
     """Weights, optimizer state and training progress of ``model`` into one file."""
-    tensors = {f"weights/{k}": np.ascontiguousarray(v) for k, v in model.get_weights().items()}
+    tensors = {f"weights/{k}": np.ascontiguousarray(v)
+               for k, v in model.named_weights().items()}
     scalars = {}  # 0-d state (e.g. Adam's step count) goes in the metadata, exactly
     if model.optimizer is not None:
         for key, value in model.optimizer.get_state().items():
@@ -160,7 +161,7 @@ def restore_checkpoint(path: str | os.PathLike[str], model: Any, state: dict) ->
         k.removeprefix("weights/"): v for k, v in tensors.items() if k.startswith("weights/")
     }
     try:
-        model.set_weights(weights)
+        model.set_named_weights(weights)
     except ValueError as error:
         raise ModelFileError(f"{path}: checkpoint does not fit this model: {error}") from error
     optimizer_state = _with_prefix(tensors, "optimizer/")
