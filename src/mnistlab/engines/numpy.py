@@ -67,8 +67,15 @@ class Sequential(Network, SequentialBase):
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int | None = None,
                  return_dict: bool = False) -> tuple[float, float] | dict[str, float]:
-        """(loss, accuracy) over all of x (or a dict with those keys), computed in chunks as
-        ``predict`` computes them, each chunk's loss from its logits where the loss can."""
+        """(loss, accuracy) over all of x (or a dict with those keys): ``score``."""
+        result = self.score(x, y, batch_size)
+        return result if return_dict else (result["loss"], result["accuracy"])
+
+    def score(self, x: np.ndarray, y: np.ndarray,
+              batch_size: int | None = None) -> dict[str, float]:
+        """{"loss", "accuracy"} over all of x, computed in chunks as ``predict`` computes
+        them, each chunk's loss from its logits where the loss can (what ``evaluate`` and
+        validation during fit report, whatever API a subclass gives ``evaluate``)."""
         x, y = self.checked_input(x), np.asarray(y)
         self.check_pairs(x, y, "evaluate")
         if self.loss is None:
@@ -84,9 +91,8 @@ class Sequential(Network, SequentialBase):
                             score_chunk)
         losses, counts = zip(*scores, strict=True)
         total_loss, correct = math.fsum(losses), sum(counts)
-        result = {"loss": total_loss if summed else total_loss / len(x),
-                  "accuracy": correct / len(x)}
-        return result if return_dict else (result["loss"], result["accuracy"])
+        return {"loss": total_loss if summed else total_loss / len(x),
+                "accuracy": correct / len(x)}
 
     # ---- training -------------------------------------------------------------------------
     @contextmanager
@@ -146,7 +152,7 @@ class _FitSession:
     def validate(self) -> dict[str, float]:
         if self.validation_data is None:
             return {}
-        val = self.model.evaluate(*self.validation_data, return_dict=True)
+        val = self.model.score(*self.validation_data)
         return {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
 
 

@@ -26,6 +26,18 @@ from mnistlab.nn.optimizers import Optimizer
 DTYPES = ("float32", "float64")
 
 
+def check_finite(x: object, what: str) -> None:
+    """ValueError naming the first NaN or infinity of a float array ``x`` (and the fix):
+    a model given one would answer NaN, or train on nothing, without a word."""
+    if not isinstance(x, np.ndarray) or x.dtype.kind not in "fc" or np.isfinite(x).all():
+        return
+    flat = int(np.flatnonzero(~np.isfinite(x.reshape(-1)))[0])
+    index = np.unravel_index(flat, x.shape)
+    raise ValueError(f"{what}[{', '.join(map(str, index))}] is {x.reshape(-1)[flat]}: inputs "
+                     "must be finite; replace or drop the non-finite values (e.g. "
+                     "np.nan_to_num, or a mask of np.isfinite(x).all(axis=...))")
+
+
 class LayerStack:
     """Layers in order, built for inputs of ``input_shape`` (no batch axis) from ``seed``."""
 
@@ -92,8 +104,14 @@ class LayerStack:
         self._ensure_built(x)
         if tuple(x.shape[1:]) != self.input_shape:
             want = ", ".join(map(str, self.input_shape))
+            hint = "reshape them"
+            if sorted(x.shape[1:]) == sorted(self.input_shape) and len(x.shape) == 4:
+                hint = ("the channels are on the other side: transpose them, or build the "
+                        "model with the other data_format ('channels_last' is (N, H, W, C), "
+                        "'channels_first' (N, C, H, W))")
             raise ValueError(f"expected inputs of shape (N, {want}), got {tuple(x.shape)}; "
-                             "reshape them")
+                             f"{hint}")
+        check_finite(x, "x")
         return x
 
     @property
