@@ -26,10 +26,12 @@ _LAZY = {
     "load_data": "mnistlab.datasets",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", "keras", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "keras":  # `import mnistlab as tf; tf.keras.layers.Dense`
+        return importlib.import_module("mnistlab.keras")
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'mnistlab' has no attribute {name!r}")
