@@ -266,9 +266,10 @@ RECIPES: dict[str, Recipe] = {
             {"epochs": 10, "batch_size": 100, "lr": 0.001, "seed": 0}, keras_mlp,
         ),
         Recipe(
-            "keras-cnn", "Course CNN conv32-pool-conv64-pool-dropout-dense1000-dense10, Adam",
+            "keras-cnn", "Course CNN conv32-pool-conv64-pool-dropout-dense1000-dense10, Adam, "
+            "batch 32 (Keras's default, as the course ran it)",
             "0.9904 test accuracy after 5 epochs", 0.9904, "test_accuracy",
-            {"epochs": 5, "batch_size": 100, "lr": 0.001, "seed": 0}, keras_cnn,
+            {"epochs": 5, "batch_size": 32, "lr": 0.001, "seed": 0}, keras_cnn,
         ),
         Recipe(
             "fast", "Fastest path to 99%: crop 2, stride-2 conv16-conv32-pool-dense192, 1 epoch",
