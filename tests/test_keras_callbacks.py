@@ -9,6 +9,7 @@ at, the learning rates they set and the rows they write must agree.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import math
 import os
 import warnings
@@ -223,6 +224,24 @@ def test_model_checkpoint_with_weights_only_calls_save_weights_of_a_real_model(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w-1.weights.h5", "w-2.weights.h5"]
 
 
+def test_model_checkpoint_with_the_keras_facades_sequential(tmp_path) -> None:
+    if importlib.util.find_spec("mnistlab.keras.saving") is None:
+        pytest.skip("mnistlab.keras.saving is not written yet")
+    from mnistlab import keras as mk
+
+    net = mk.Sequential([mk.Input(shape=(4,)), mk.layers.Dense(8, activation="relu"),
+                         mk.layers.Dense(3, activation="softmax")])
+    net.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    fit(net, [ModelCheckpoint(str(tmp_path / "w-{epoch}.weights.h5"), save_weights_only=True),
+              ModelCheckpoint(str(tmp_path / "best.keras"), save_best_only=True)], epochs=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "best.keras", "w-1.weights.h5", "w-2.weights.h5"]
+    weights = net.get_weights()
+    net.load_weights(str(tmp_path / "w-2.weights.h5"))
+    for saved, now in zip(weights, net.get_weights(), strict=True):
+        np.testing.assert_array_equal(saved, now)
+
+
 def test_model_checkpoint_refuses_names_keras_refuses() -> None:
     for path in ("model.keras", "model.safetensors", "dir/m-{epoch}.keras"):
         ModelCheckpoint(path)
@@ -403,3 +422,19 @@ def test_terminate_on_nan_stops_at_a_non_finite_batch_loss(capsys) -> None:
         warnings.simplefilter("error")
         history = fit(model(), [TerminateOnNaN()], epochs=2)  # finite losses: runs on
     assert history.epoch == [0, 1]
+
+
+def test_learning_rates_and_restored_weights_on_the_torch_engine() -> None:
+    pytest.importorskip("torch")
+    from mnistlab.engines.torch import TorchSequential
+
+    net = TorchSequential([Dense(8, "relu", input_shape=(4,)), Dense(3, "softmax")], seed=0)
+    net.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    stop = EarlyStopping(patience=100, restore_best_weights=True)
+    history = fit(net, [LearningRateScheduler(lambda epoch, lr: 0.1 / (epoch + 1)), stop],
+                  epochs=3)
+    assert history.history["learning_rate"] == pytest.approx([0.1, 0.05, 0.1 / 3])
+    assert get_learning_rate(net.optimizer) == pytest.approx(0.1 / 3)
+    assert stop.best == min(history.history["val_loss"])
+    for name, w in stop.best_weights.items():
+        np.testing.assert_array_equal(net.get_weights()[name], w)
