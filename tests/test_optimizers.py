@@ -82,7 +82,7 @@ def test_names_give_optimizers_with_default_settings() -> None:
     custom = Adam(lr=0.1)
     assert get_optimizer(custom) is custom
     with pytest.raises(ValueError, match="adam"):
-        get_optimizer("rmsprop")
+        get_optimizer("adagrad")
 
 
 @pytest.mark.parametrize("make", [lambda: SGD(0.1), lambda: Momentum(0.1), lambda: Adam(0.1)])

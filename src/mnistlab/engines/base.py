@@ -25,7 +25,7 @@ import numpy as np
 
 from mnistlab.engines.io import save_model
 from mnistlab.nn.layers import Conv2D, Layer
-from mnistlab.nn.losses import Loss, get_loss
+from mnistlab.nn.losses import Loss, check_targets, get_loss
 from mnistlab.nn.network import LayerStack
 from mnistlab.nn.optimizers import get_optimizer
 from mnistlab.training.loop import History, check_batch_size, fit
@@ -101,14 +101,18 @@ class SequentialBase(LayerStack):
                    class_weight=class_weight, sample_weight=sample_weight,
                    initial_epoch=initial_epoch, log_every=log_every)
 
-    @staticmethod
-    def check_pairs(x: Any, y: Any, what: str) -> None:
-        """As many labels as inputs, and at least one."""
+    def check_pairs(self, x: Any, y: Any, what: str) -> None:
+        """As many labels as inputs, and at least one; labels that fit the model's outputs
+        and loss (``losses.check_targets``)."""
         if len(x) == 0:
             raise ValueError(f"{what} got no inputs")
         if len(x) != len(y):
             raise ValueError(f"{what} needs as many labels as inputs, got {len(x)} inputs "
                              f"and {len(y)} labels")
+        out = self.output_shape
+        if len(out) == 1:  # class or value vectors (image outputs are not checked)
+            name = "y" if what in ("fit", "evaluate") else f"{what}'s y"
+            check_targets(y, out[0], self.loss, name)
 
     # ---- inference chunks ------------------------------------------------------------------
     def predict_batch_size(self) -> int:
@@ -229,5 +233,5 @@ class SequentialBase(LayerStack):
         raise NotImplementedError
 
     def fit_session(self, x: Any, y: Any, *, validation_data: Any, seed: int | None,
-                    batch_size: int) -> Any:
+                    batch_size: int, sample_weight: np.ndarray | None = None) -> Any:
         raise NotImplementedError

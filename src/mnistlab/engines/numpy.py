@@ -97,11 +97,13 @@ class Sequential(Network, SequentialBase):
     # ---- training -------------------------------------------------------------------------
     @contextmanager
     def fit_session(self, x: Any, y: Any, *, validation_data: Any, seed: int | None,
-                    batch_size: int) -> Iterator[_FitSession]:
+                    batch_size: int, sample_weight: np.ndarray | None = None,
+                    ) -> Iterator[_FitSession]:
         """The NumPy engine's part of ``training.fit``: arrays cast once, batches gathered
-        into one reused buffer, each step's results read at once."""
+        into one reused buffer, each step's results read at once; ``sample_weight`` (N,)
+        weighs each sample's loss."""
         self._require_compiled()
-        yield _FitSession(self, x, y, validation_data, batch_size)
+        yield _FitSession(self, x, y, validation_data, batch_size, sample_weight)
 
     def __repr__(self) -> str:
         return f"Sequential({self.layers!r}, dtype={str(self.dtype)!r})"
@@ -113,10 +115,19 @@ class _FitSession:
     lazy = False
 
     def __init__(self, model: Sequential, x: Any, y: Any, validation_data: Any,
-                 batch_size: int) -> None:
+                 batch_size: int, sample_weight: np.ndarray | None = None) -> None:
         self.model, self.validation_data = model, validation_data
         self.x, self.y = model.prepare_input(x), np.asarray(y)  # cast to the model's dtype once
         model.check_pairs(self.x, self.y, "fit")
+        if validation_data is not None:  # refused now, not after the first epoch
+            vx, vy = validation_data
+            model.check_pairs(model.checked_input(vx), np.asarray(vy), "validation_data")
+        self.w = None
+        if sample_weight is not None:
+            self.w = np.asarray(sample_weight, dtype=model.dtype).reshape(-1)
+            if self.w.shape != (len(self.x),):
+                raise ValueError(f"sample_weight must have one weight per sample, shape "
+                                 f"({len(self.x)},), got {np.shape(sample_weight)}")
         self.n, self.order = len(self.x), None
         # reused gather buffer for shuffled batches
         self.buffer = np.empty((min(batch_size, self.n), *self.x.shape[1:]), dtype=self.x.dtype)
@@ -128,16 +139,19 @@ class _FitSession:
     def step(self, start: int, stop: int) -> None:
         if self.failed:  # a step diverged: no more updates
             return
+        w = self.w
         if self.order is None:  # slices are views: no copy at all
             xb, yb = self.x[start:stop], self.y[start:stop]
+            wb = None if w is None else w[start:stop]
         else:
             idx = self.order[start:stop]
             # mode="clip" (indices are valid anyway) lets take write straight into out
             xb = np.take(self.x, idx, axis=0, out=self.buffer[: len(idx)], mode="clip")
             yb = self.y[idx]
+            wb = None if w is None else w[idx]
         steps = self.steps
         try:
-            loss, acc = self.model.train_step(xb, yb)
+            loss, acc = self.model.train_step(xb, yb, wb)
         except TrainingDivergedError as error:
             steps.failed, steps.reason, self.failed = len(steps.losses), str(error), True
             loss, acc = math.nan, math.nan

@@ -58,6 +58,7 @@ from mnistlab.errors import TrainingDivergedError
 from mnistlab.nn import layers as np_layers
 from mnistlab.nn.losses import (
     EPS,
+    BinaryCrossentropy,
     BinaryCrossentropySum,
     CategoricalCrossentropy,
     Loss,
@@ -66,7 +67,7 @@ from mnistlab.nn.losses import (
     class_indices,
     get_loss,
 )
-from mnistlab.nn.optimizers import SGD, Adam, Momentum, Optimizer, get_optimizer
+from mnistlab.nn.optimizers import SGD, Adam, AdamW, Optimizer, RMSprop, get_optimizer
 from mnistlab.training.loop import Steps
 
 Tensor = torch.Tensor
@@ -469,18 +470,21 @@ class SpecNet(nn.Module):
 class TorchOptimizer:
     """A NumPy-engine optimizer's hyperparameters, run by ``torch.optim``.
 
-    SGD and Momentum are ``torch.optim.SGD`` (torch's buffer b relates to the NumPy
-    velocity as v = -lr * b). For Adam, Keras adds epsilon to sqrt(v) before the bias
-    correction while torch adds it after; setting torch's eps to eps / sqrt(1 - b2**t)
-    each step makes the two the same formula. ``get_state``/``set_state`` use the NumPy
-    optimizer's names and layouts (Adam's moments as averages, which the NumPy Adam's
-    ``set_state`` takes too), so training state moves between engines.
+    SGD (with momentum and nesterov) is ``torch.optim.SGD`` (torch's buffer b relates to the
+    NumPy velocity as v = -lr * b). For Adam and AdamW (amsgrad too), Keras adds epsilon to
+    sqrt(v) before the bias correction while torch adds it after; setting torch's eps to
+    eps / sqrt(1 - b2**t) each step makes the two the same formula; torch's AdamW decays
+    p -= lr wd p before the step, as Keras. RMSprop puts epsilon inside the square root in
+    Keras, outside in torch.optim.RMSprop, so it is written out here with foreach ops.
+    ``get_state``/``set_state`` use the NumPy optimizer's names and layouts (Adam's moments
+    as averages, which the NumPy Adam's ``set_state`` takes too), so training state moves
+    between engines.
     """
 
     def __init__(self, optimizer: str | Optimizer = "adam") -> None:
         self.spec = _optimizer_copy(get_optimizer(optimizer))  # ours alone: lr may change
-        if not isinstance(self.spec, SGD | Momentum | Adam):
-            raise ValueError(f"the torch engine runs sgd, momentum and adam, "
+        if not isinstance(self.spec, SGD | Adam | RMSprop):
+            raise ValueError(f"the torch engine runs sgd, momentum, adam, adamw and rmsprop, "
                              f"not {type(self.spec).__name__}")
         self.name = self.spec.name
         self.iterations = 0
@@ -489,6 +493,7 @@ class TorchOptimizer:
         self._table: list[tuple[str, nn.Parameter, bool]] = []
         self.params: list[nn.Parameter] = []  # what it updates, in order
         self._pending: dict[str, np.ndarray] | None = None  # set_state before attach
+        self._slots: dict[str, list[Tensor]] = {}  # RMSprop's state, by NumPy slot name
 
     @property
     def lr(self) -> float:
@@ -503,12 +508,21 @@ class TorchOptimizer:
             return
         for group in self.torch.param_groups:
             group["lr"] = new
-        if isinstance(self.spec, Momentum) and old != new and new != 0:
+        if isinstance(self.spec, SGD) and self.spec.momentum and old != new and new != 0:
             # keep the NumPy velocity v = -lr * b unchanged: b scales by old / new
             with torch.no_grad():
                 for state in self.torch.state.values():
                     if state.get("momentum_buffer") is not None:
                         state["momentum_buffer"].mul_(old / new)
+
+    @property
+    def learning_rate(self) -> float:
+        """Keras's name for ``lr``."""
+        return self.lr
+
+    @learning_rate.setter
+    def learning_rate(self, value: float) -> None:
+        self.lr = value
 
     def get_config(self) -> dict:
         return self.spec.get_config()
@@ -525,12 +539,16 @@ class TorchOptimizer:
         fused = True
         s = self.spec
         if isinstance(s, Adam):
-            self.torch = torch.optim.Adam(params, lr=s.lr, betas=(s.beta_1, s.beta_2),
-                                          eps=s.epsilon, fused=fused)
-        elif isinstance(s, Momentum):
-            self.torch = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, fused=fused)
-        else:
-            self.torch = torch.optim.SGD(params, lr=s.lr, fused=fused)
+            kind = torch.optim.AdamW if isinstance(s, AdamW) else torch.optim.Adam
+            decay = {"weight_decay": s.weight_decay} if isinstance(s, AdamW) else {}
+            self.torch = kind(params, lr=s.lr, betas=(s.beta_1, s.beta_2), eps=s.epsilon,
+                              amsgrad=s.amsgrad, fused=fused, **decay)
+        elif isinstance(s, SGD):
+            self.torch = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum,
+                                         nesterov=s.nesterov, fused=fused)
+        else:  # RMSprop: our own foreach step; torch.optim only holds lr and the params
+            self.torch = torch.optim.SGD(params, lr=s.lr)
+            self._slots = {slot: [torch.zeros_like(p) for p in params] for slot in s.slots()}
         self._table, self.bound_to, self._pending = table, net, None
         self.params = params
         if pending is not None:
@@ -542,6 +560,9 @@ class TorchOptimizer:
         included, without the host waiting for the device to say so."""
         self.iterations += 1
         s = self.spec
+        if isinstance(s, RMSprop):
+            self._rmsprop_step(found_inf)
+            return
         if isinstance(s, Adam):
             self.torch.param_groups[0]["eps"] = s.epsilon / math.sqrt(
                 1.0 - s.beta_2**self.iterations)
@@ -550,6 +571,44 @@ class TorchOptimizer:
             self.torch.step()
         finally:
             self.torch.found_inf = None
+
+    @torch.no_grad()
+    def _rmsprop_step(self, found_inf: Tensor | None) -> None:
+        """Keras's RMSprop (``optimizers.RMSprop``), skipped where ``found_inf`` is 1: every
+        new value is taken only where the step is good (torch.where), so nothing changes."""
+        s, slots = self.spec, self._slots
+        params = [p for p in self.params if p.grad is not None]
+        index = [i for i, p in enumerate(self.params) if p.grad is not None]
+        grads = [p.grad for p in params]
+        ok = None if found_inf is None else found_inf == 0
+
+        def keep(old: list[Tensor], new: list[Tensor]) -> None:
+            for o, n in zip(old, new, strict=True):
+                o.copy_(n if ok is None else torch.where(ok, n, o))
+
+        v = [slots["v"][i] for i in index]
+        new_v = torch._foreach_mul(v, s.rho)  # v = rho v + (1 - rho) g^2
+        torch._foreach_add_(new_v, torch._foreach_mul(grads, grads), alpha=1 - s.rho)
+        if s.centered:
+            a = [slots["a"][i] for i in index]
+            new_a = torch._foreach_mul(a, s.rho)  # a = rho a + (1 - rho) g
+            torch._foreach_add_(new_a, grads, alpha=1 - s.rho)
+            den = torch._foreach_sub(new_v, torch._foreach_mul(new_a, new_a))
+            keep(a, new_a)
+        else:
+            den = [t.clone() for t in new_v]
+        keep(v, new_v)
+        torch._foreach_add_(den, s.epsilon)
+        torch._foreach_sqrt_(den)
+        step = torch._foreach_div(grads, den)  # lr g / sqrt(denominator)
+        torch._foreach_mul_(step, s.lr)
+        if s.momentum:
+            m = [slots["s"][i] for i in index]
+            new_m = torch._foreach_mul(m, s.momentum)
+            torch._foreach_add_(new_m, step)
+            keep(m, new_m)
+            step = new_m
+        keep(params, torch._foreach_sub(params, step))
 
     def zero_grad(self) -> None:
         self.torch.zero_grad(set_to_none=True)
@@ -560,6 +619,12 @@ class TorchOptimizer:
         out = {"iterations": np.array(self.iterations, dtype=np.int64)}
         if self.torch is None:
             return out
+        if isinstance(self.spec, RMSprop):
+            if self.iterations:
+                for slot, tensors in self._slots.items():
+                    for (name, _, tr), t in zip(self._table, tensors, strict=True):
+                        out[f"{slot}.{name}"] = _numpy(t, tr)
+            return out
         for name, p, tr in self._table:
             state = self.torch.state.get(p)
             if not state:
@@ -567,7 +632,9 @@ class TorchOptimizer:
             if isinstance(self.spec, Adam):
                 out[f"m.{name}"] = _numpy(state["exp_avg"], tr)
                 out[f"v.{name}"] = _numpy(state["exp_avg_sq"], tr)
-            elif isinstance(self.spec, Momentum) and state.get("momentum_buffer") is not None:
+                if self.spec.amsgrad:
+                    out[f"v_hat.{name}"] = _numpy(state["max_exp_avg_sq"], tr)
+            elif state.get("momentum_buffer") is not None:
                 out[f"v.{name}"] = _numpy(state["momentum_buffer"], tr) * -self.lr
         return out
 
@@ -585,13 +652,22 @@ class TorchOptimizer:
             def get(slot: str, p: nn.Parameter = p, tr: bool = tr, name: str = name) -> Tensor:
                 value = torch.from_numpy(np.array(flat[f"{slot}.{name}"], dtype=_np_dtype(p)))
                 return (value.T if tr else value).to(p.device).contiguous()
-            if isinstance(self.spec, Adam) and f"m.{name}" in flat:
+            if isinstance(self.spec, RMSprop):
+                with torch.no_grad():
+                    for slot, tensors in self._slots.items():
+                        tensors[index[p]].copy_(get(slot) if f"{slot}.{name}" in flat else 0)
+            elif isinstance(self.spec, Adam) and f"m.{name}" in flat:
                 state[index[p]] = {"step": torch.tensor(float(self.iterations)),
                                    "exp_avg": get("m"), "exp_avg_sq": get("v")}
-            elif isinstance(self.spec, Momentum) and f"v.{name}" in flat:
+                if self.spec.amsgrad:
+                    state[index[p]]["max_exp_avg_sq"] = (
+                        get("v_hat") if f"v_hat.{name}" in flat else get("v"))
+            elif isinstance(self.spec, SGD) and self.spec.momentum and f"v.{name}" in flat:
                 if self.lr == 0:
                     raise ValueError("cannot restore momentum state with lr = 0")
                 state[index[p]] = {"momentum_buffer": get("v") / -self.lr}
+        if isinstance(self.spec, RMSprop):
+            return
         self.torch.load_state_dict({"state": state,
                                     "param_groups": self.torch.state_dict()["param_groups"]})
 
@@ -664,8 +740,8 @@ class TorchSequential(SequentialBase):
         return optimizer if isinstance(optimizer, TorchOptimizer) else TorchOptimizer(optimizer)
 
     def _check_loss(self, loss: Loss) -> None:
-        if not isinstance(loss, CategoricalCrossentropy | BinaryCrossentropySum
-                          | MeanSquaredError):
+        if not isinstance(loss, CategoricalCrossentropy | BinaryCrossentropy
+                          | BinaryCrossentropySum | MeanSquaredError):
             raise ValueError(f"the torch engine has no loss {type(loss).__name__}")
 
     def _ensure_ready(self) -> SpecNet:
@@ -728,7 +804,7 @@ class TorchSequential(SequentialBase):
             return target, target > 0.5
         if idx is not None:
             labels = torch.from_numpy(idx.astype(np.int64)).to(self.device)
-            if self.loss_path == "logits":
+            if self.loss_path == "logits" and isinstance(self.loss, CategoricalCrossentropy):
                 return labels, labels
             return F.one_hot(labels, out_shape[-1]).to(self.torch_dtype), labels
         t = as_targets(y, np.empty((len(y), *out_shape), dtype=self.dtype))
@@ -736,19 +812,23 @@ class TorchSequential(SequentialBase):
         return target, target.argmax(dim=-1)
 
     def _scores(self, x: Tensor, target: Tensor, acc_target: Tensor,
-                ) -> tuple[Tensor, Tensor, Tensor]:
+                weight: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(loss, what to backprop, rows right) for a batch, the loss met as
-        ``losses.loss_path`` says (the NumPy engine's formulas; all stay on the device)."""
+        ``losses.loss_path`` says (the NumPy engine's formulas; all stay on the device),
+        each sample's loss times ``weight`` (N,) if given, reduced as the loss reduces."""
         path, loss = self.loss_path, self.loss
         z = self.net(x, logits=path != "outputs")
-        if path == "logits":  # mean over rows of -log softmax(z)[t] (or -sum t log softmax)
-            value = F.cross_entropy(z, target)
+        if path == "logits":  # softmax + cross-entropy, or a from_logits loss, from z
+            value = _loss_of_logits(loss, z, target, weight)
             return value, value, self._correct(z.detach(), acc_target)
-        if path == "gradient_at_logits":  # the course's dL/dz = y - t, summed
+        if path == "gradient_at_logits":  # dL/dz = w (y - t), summed or / (N K)
             y = ACTIVATIONS[self.layers[-1].activation.name](z).detach()
-            value = _loss_of_outputs(loss, y, target)
-            return value, (z * (y - target)).sum(), self._correct(y, acc_target)
-        value = _loss_of_outputs(loss, z, target)
+            value = _loss_of_outputs(loss, y, target, weight)
+            d = y - target if weight is None else (y - target) * weight[:, None]
+            if loss.reduction == "mean":
+                d = d / d.numel()
+            return value, (z * d).sum(), self._correct(y, acc_target)
+        value = _loss_of_outputs(loss, z, target, weight)
         return value, value, self._correct(z.detach(), acc_target)
 
     def _correct(self, out: Tensor, target: Tensor) -> Tensor:
@@ -757,11 +837,12 @@ class TorchSequential(SequentialBase):
             return ((out > 0.5) == target).sum()
         return (out.argmax(dim=-1) == target).sum()
 
-    def _step(self, xb: Tensor, tb: Tensor, ab: Tensor,
-              found_inf: Tensor) -> tuple[Tensor, Tensor]:
-        """One forward, backward and update; (loss, correct) stay on the device. A loss or
-        gradient that is not finite sets ``found_inf``, and from then on no update applies."""
-        value, surrogate, correct = self._scores(xb, tb, ab)
+    def _step(self, xb: Tensor, tb: Tensor, ab: Tensor, found_inf: Tensor,
+              wb: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One forward, backward and update, each sample's loss weighted by ``wb`` if given;
+        (loss, correct) stay on the device. A loss or gradient that is not finite sets
+        ``found_inf``, and from then on no update applies."""
+        value, surrogate, correct = self._scores(xb, tb, ab, wb)
         self.optimizer.zero_grad()
         surrogate.backward()
         value = value.detach()
@@ -772,11 +853,16 @@ class TorchSequential(SequentialBase):
         grads = [p.grad for p in self.optimizer.params if p.grad is not None]
         found_inf.logical_or_(value.isfinite().logical_not_())
         torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, self._one)
-        if not isinstance(self.optimizer.spec, Adam):  # Adam's steps are at most about lr
+        if isinstance(self.optimizer.spec, SGD):  # Adam's, RMSprop's steps: about lr at most
             step = torch.stack(torch._foreach_norm(grads)).max() * self.optimizer.lr
             found_inf.logical_or_(step.isfinite().logical_not_())
         self.optimizer.step(found_inf)
         return value, correct
+
+    def _weight_tensor(self, sample_weight: Any) -> Tensor:
+        """Per-sample loss weights (N,) as a tensor on the device, in the model's dtype."""
+        w = np.ascontiguousarray(np.asarray(sample_weight, dtype=self.dtype).reshape(-1))
+        return torch.from_numpy(w).to(self.device)
 
     @property
     def _one(self) -> Tensor:
@@ -786,13 +872,14 @@ class TorchSequential(SequentialBase):
             one = self._one_tensor = torch.ones((), dtype=torch.float32, device=self.device)
         return one
 
-    def train_step(self, x: Any, y: Any) -> tuple[float, float]:
+    def train_step(self, x: Any, y: Any, sample_weight: Any = None) -> tuple[float, float]:
         """One update on a batch (NumPy in): (loss, accuracy), like the NumPy engine's;
         a non-finite loss or gradient raises TrainingDivergedError and changes no weight."""
         self._ensure_ready().train()
         xb, (tb, ab) = self.as_input(x), self.as_targets(y)
+        wb = None if sample_weight is None else self._weight_tensor(sample_weight)
         found_inf = torch.zeros((), dtype=torch.float32, device=self.device)
-        loss, correct = self._step(xb, tb, ab, found_inf)
+        loss, correct = self._step(xb, tb, ab, found_inf, wb)
         if found_inf.item():
             self.optimizer.iterations -= 1
             raise TrainingDivergedError(_divergence(float(loss)))
@@ -814,14 +901,17 @@ class TorchSequential(SequentialBase):
     # ---- fit, evaluate, predict -------------------------------------------------------------
     @contextmanager
     def fit_session(self, x: Any, y: Any, *, validation_data: Any, seed: int | None,
-                    batch_size: int) -> Iterator[_FitSession]:
+                    batch_size: int, sample_weight: np.ndarray | None = None,
+                    ) -> Iterator[_FitSession]:
         """The torch engine's part of ``training.fit``: data on the device once, results
-        read back once an epoch (or when the loop asks), dropout seeded by (seed, epoch)."""
+        read back once an epoch (or when the loop asks), dropout seeded by (seed, epoch);
+        ``sample_weight`` (N,) weighs each sample's loss."""
         self._ensure_ready()
         dropout_seed = seed if seed is not None else self.seed
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices, enabled=dropout_seed is not None):
-            yield _FitSession(self, x, y, validation_data, batch_size, dropout_seed)
+            yield _FitSession(self, x, y, validation_data, batch_size, dropout_seed,
+                              sample_weight)
 
     def _evaluate_tensors(self, x: Tensor, t: Tensor, a: Tensor,
                           batch_size: int | None = None) -> dict[str, float]:
@@ -845,8 +935,9 @@ class TorchSequential(SequentialBase):
     def evaluate(self, x: Any, y: Any, batch_size: int | None = None,
                  return_dict: bool = False) -> tuple[float, float] | dict[str, float]:
         """(loss, accuracy) over all of x (or a dict with those keys)."""
-        xt, (t, a) = self.as_input(x), self.as_targets(y)
-        self.check_pairs(xt, t, "evaluate")
+        xt = self.as_input(x)
+        self.check_pairs(xt, y, "evaluate")
+        t, a = self.as_targets(y)
         result = self._evaluate_tensors(xt, t, a, batch_size)
         return result if return_dict else (result["loss"], result["accuracy"])
 
@@ -875,13 +966,38 @@ class TorchSequential(SequentialBase):
                 f"device={str(self.device)!r})")
 
 
-def _loss_of_outputs(loss: Loss, y: Tensor, t: Tensor) -> Tensor:
-    """The NumPy engine's formula of ``loss`` on outputs ``y`` (not logits)."""
-    if isinstance(loss, CategoricalCrossentropy):
-        return -(t * torch.log(y + EPS)).sum() / len(y)
+def _reduce(per_sample: Tensor, w: Tensor | None) -> Tensor:
+    """Keras's sum_over_batch_size: sum_n w_n l_n / N (the mean without weights)."""
+    return per_sample.mean() if w is None else (per_sample * w).sum() / len(per_sample)
+
+
+def _loss_of_logits(loss: Loss, z: Tensor, t: Tensor, w: Tensor | None) -> Tensor:
+    """The NumPy engine's ``forward_logits`` of ``loss`` on logits ``z``."""
+    if isinstance(loss, BinaryCrossentropy):
+        per = F.binary_cross_entropy_with_logits(z, t, reduction="none")
+        return _reduce(per.mean(dim=1), w)
+    if w is None:  # mean over rows of -log softmax(z)[t] (or -sum t log softmax)
+        return F.cross_entropy(z, t)
+    return _reduce(F.cross_entropy(z, t, reduction="none"), w)
+
+
+def _loss_of_outputs(loss: Loss, y: Tensor, t: Tensor, w: Tensor | None = None) -> Tensor:
+    """The NumPy engine's ``forward`` of ``loss`` on outputs ``y`` (logits for a
+    from_logits loss)."""
+    if loss.from_logits:
+        return _loss_of_logits(loss, y, t, w)
+    if isinstance(loss, CategoricalCrossentropy):  # Keras: clip(y / sum y, eps, 1 - eps)
+        q = torch.clamp(y / y.sum(dim=1, keepdim=True), EPS, 1 - EPS)
+        return _reduce(-(t * torch.log(q)).sum(dim=1), w)
+    if isinstance(loss, BinaryCrossentropy):  # Keras: clip(y, eps, 1 - eps)
+        q = torch.clamp(y, EPS, 1 - EPS)
+        return _reduce(-(t * torch.log(q) + (1 - t) * torch.log(1 - q)).mean(dim=1), w)
     if isinstance(loss, BinaryCrossentropySum):
-        return -(t * torch.log(y + EPS) + (1 - t) * torch.log(1 - y + EPS)).sum()
-    return F.mse_loss(y, t)  # mean over all elements
+        per = -(t * torch.log(y + EPS) + (1 - t) * torch.log(1 - y + EPS))
+        return per.sum() if w is None else (per * w[:, None]).sum()
+    if w is None:
+        return F.mse_loss(y, t)  # mean over all elements
+    return _reduce(((y - t) ** 2).flatten(1).mean(dim=1), w)
 
 
 def _divergence(loss: float) -> str:
@@ -897,15 +1013,25 @@ class _FitSession:
     lazy = True
 
     def __init__(self, model: TorchSequential, x: Any, y: Any, validation_data: Any,
-                 batch_size: int, dropout_seed: int | None) -> None:
+                 batch_size: int, dropout_seed: int | None,
+                 sample_weight: np.ndarray | None = None) -> None:
         self.model, self.dropout_seed = model, dropout_seed
-        self.x, (self.t, self.a) = model.as_input(x), model.as_targets(y)
-        model.check_pairs(self.x, self.t, "fit")
+        y = np.asarray(y.cpu() if isinstance(y, Tensor) else y)
+        self.x = model.as_input(x)
+        model.check_pairs(self.x, y, "fit")  # before the labels become tensors
+        self.t, self.a = model.as_targets(y)
+        self.w = None
+        if sample_weight is not None:
+            if np.shape(sample_weight) != (len(self.x),):
+                raise ValueError(f"sample_weight must have one weight per sample, shape "
+                                 f"({len(self.x)},), got {np.shape(sample_weight)}")
+            self.w = model._weight_tensor(sample_weight)
         self.val = None
         if validation_data is not None:
             vx, vy = validation_data
-            self.val = (model.as_input(vx), *model.as_targets(vy))
-            model.check_pairs(self.val[0], self.val[1], "validation_data")
+            vx = model.as_input(vx)
+            model.check_pairs(vx, vy, "validation_data")
+            self.val = (vx, *model.as_targets(vy))
         self.n, dev = len(self.x), model.device
         steps = math.ceil(self.n / batch_size)
         self.losses = torch.zeros(steps, dtype=torch.float64, device=dev)
@@ -923,15 +1049,18 @@ class _FitSession:
         self.model.net.train()
 
     def step(self, start: int, stop: int) -> None:
+        w = self.w
         if self.order is None:  # contiguous slices: views, no copy
             xb, tb, ab = self.x[start:stop], self.t[start:stop], self.a[start:stop]
+            wb = None if w is None else w[start:stop]
         else:
             idx = self.order[start:stop]
             # index_select: 4x faster than x[idx] for a batch of images
             xb, tb = self.x.index_select(0, idx), self.t.index_select(0, idx)
             ab = tb if self.a is self.t else self.a.index_select(0, idx)
+            wb = None if w is None else w.index_select(0, idx)
         i = self.done
-        self.losses[i], self.correct[i] = self.model._step(xb, tb, ab, self.found_inf)
+        self.losses[i], self.correct[i] = self.model._step(xb, tb, ab, self.found_inf, wb)
         self.flags[i] = self.found_inf
         self.sizes.append(len(xb))
         self.done += 1
@@ -975,7 +1104,7 @@ def to_torch(model: Sequential, device: str | torch.device = "cpu",
                           channels_last=channels_last)
     out.set_named_weights(model.named_weights())
     if model.loss is not None and model.optimizer is not None:
-        out.compile(_optimizer_copy(model.optimizer), get_loss(model.loss.name),
+        out.compile(_optimizer_copy(model.optimizer), get_loss(model.loss.get_config()),
                     model.metrics or None)
         if model.optimizer.iterations:
             out.optimizer.set_state(model.optimizer.get_state())
@@ -989,7 +1118,8 @@ def to_numpy(model: TorchSequential) -> Sequential:
     out.name = model.name
     out.set_named_weights(model.named_weights())
     if model.loss is not None and model.optimizer is not None:
-        out.compile(_optimizer_copy(model.optimizer), model.loss.name, model.metrics or None)
+        out.compile(_optimizer_copy(model.optimizer), get_loss(model.loss.get_config()),
+                    model.metrics or None)
         if model.optimizer.iterations:
             out.optimizer.set_state(model.optimizer.get_state())
     return out

@@ -35,22 +35,35 @@ from mnistlab.nn.layers import (
     layer_from_config,
 )
 from mnistlab.nn.losses import (
+    BinaryCrossentropy,
     BinaryCrossentropySum,
     CategoricalCrossentropy,
     Loss,
     MeanSquaredError,
     SigmoidCrossentropySum,
+    SparseCategoricalCrossentropy,
     accuracy,
+    check_targets,
     get_loss,
 )
-from mnistlab.nn.optimizers import SGD, Adam, Momentum, Optimizer, get_optimizer
+from mnistlab.nn.optimizers import (
+    SGD,
+    Adam,
+    AdamW,
+    Momentum,
+    Optimizer,
+    RMSprop,
+    get_optimizer,
+)
 
 __all__ = [
     "SGD",
     "Activation",
     "Adam",
+    "AdamW",
     "AveragePooling2D",
     "BatchNormalization",
+    "BinaryCrossentropy",
     "BinaryCrossentropySum",
     "CategoricalCrossentropy",
     "Conv2D",
@@ -68,12 +81,15 @@ __all__ = [
     "MeanSquaredError",
     "Momentum",
     "Optimizer",
+    "RMSprop",
     "ReLU",
     "Rescaling",
     "Reshape",
     "SigmoidCrossentropySum",
     "Softmax",
+    "SparseCategoricalCrossentropy",
     "accuracy",
+    "check_targets",
     "get_activation",
     "get_loss",
     "get_optimizer",

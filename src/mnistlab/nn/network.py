@@ -154,27 +154,31 @@ class Network(LayerStack):
     def forward_loss(
         self, x: np.ndarray, t: np.ndarray, training: bool,
         layers: list[Layer] | None = None, loss: Loss | None = None,
+        sample_weight: np.ndarray | None = None,
     ) -> tuple[float, np.ndarray]:
         """(loss, outputs) for a batch already in the model's dtype, through the model's
-        layers and loss or through replicas of them (``layers``, ``loss``)."""
+        layers and loss or through replicas of them (``layers``, ``loss``); each sample's
+        loss weighted by ``sample_weight`` (N,) if given. The outputs are the model's
+        (probabilities after a softmax, the logits for a from_logits loss)."""
         path = self.loss_path
         layers, loss = layers or self.layers, loss or self.loss
         h = x
         for layer in layers[:-1]:
             h = layer.forward(h, training)
         last = layers[-1]
-        if path == "logits":  # softmax + cross-entropy from the logits
-            value = loss.forward_logits(last.linear_forward(h), t)
-            return value, loss.y
+        if path == "logits":  # softmax + cross-entropy (or a from_logits loss) from the logits
+            z = last.linear_forward(h)
+            value = loss.forward_logits(z, t, sample_weight)
+            return value, (z if loss.from_logits else loss.y)
         y = last.forward(h, training)
-        return loss.forward(y, t), y
+        return loss.forward(y, t, sample_weight), y
 
     def backward(self) -> None:
         """Backprop the last ``forward_loss``: every layer's ``grads`` is filled."""
         last = self.layers[-1]
         if self.loss_path == "outputs":
             d = last.backward(self.loss.backward())
-        else:  # the gradient starts at the logits, e.g. dL/dz = (y - t) / N
+        else:  # the gradient starts at the logits, e.g. dL/dz = w (y - t) / N
             d = last.linear_backward(self.loss.backward_logits())
         for layer in reversed(self.layers[self.first_trainable : -1]):
             d = layer.backward(d)
@@ -190,12 +194,16 @@ class Network(LayerStack):
         self.backward()
         return loss, {name: g.copy() for name, g in self.named_grads().items()}
 
-    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-        """One forward, backward and optimizer update on a batch: (loss, accuracy).
+    def train_step(self, x: np.ndarray, y: np.ndarray,
+                   sample_weight: np.ndarray | None = None) -> tuple[float, float]:
+        """One forward, backward and optimizer update on a batch: (loss, accuracy), the loss
+        weighted per sample by ``sample_weight`` (N,) if given (Keras's sum(w l) / N; the
+        accuracy unweighted, as Keras's compiled metrics).
 
         Never applies a non-finite step: a NaN/infinite loss or update raises
         TrainingDivergedError and leaves the weights as they were."""
-        loss, out = self.forward_loss(self.prepare_input(x), y, training=True)
+        loss, out = self.forward_loss(self.prepare_input(x), y, training=True,
+                                      sample_weight=sample_weight)
         if not math.isfinite(loss):
             raise TrainingDivergedError(f"loss became {loss}; the weights were left unchanged")
         acc = accuracy(out, y)

@@ -125,15 +125,16 @@ class _BatchedLoss:
             pos = np.log(flat + EPS) @ t.reshape(-1)
             neg = np.log(1 - flat + EPS) @ (1 - t).reshape(-1)
             return -(pos + neg)
-        if type(loss) is CategoricalCrossentropy and self.logits:
+        if isinstance(loss, CategoricalCrossentropy) and self.logits:
             lse = out.max(axis=-1, keepdims=True)
             lse += np.log(np.exp(out - lse).sum(axis=-1, keepdims=True))
             if self.idx is not None:
                 picked = np.take_along_axis(out, self.idx[None, :, None], axis=-1)
                 return np.mean((lse - picked)[..., 0], axis=-1)
             return np.sum(t * (lse - out), axis=(-2, -1)) / n
-        if type(loss) is CategoricalCrossentropy:
-            return -(np.log(out.reshape(p, -1) + EPS) @ t.reshape(-1)) / n
+        if isinstance(loss, CategoricalCrossentropy) and not loss.from_logits:  # Keras's clip
+            q = np.clip(out / out.sum(axis=-1, keepdims=True), EPS, 1 - EPS)
+            return -(np.log(q.reshape(p, -1)) @ t.reshape(-1)) / n
         if type(loss) is MeanSquaredError:
             diff = (out - t).reshape(p, -1)
             return np.einsum("pk,pk->p", diff, diff) / diff.shape[1]

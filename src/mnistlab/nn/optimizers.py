@@ -28,8 +28,17 @@ MIN_PIECE = 1 << 17  # elements; a smaller piece is not worth a thread hand-off
 Piece = tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], bool]
 
 
+def _rate(learning_rate: float | None, lr: float | None, default: float) -> float:
+    """Keras's ``learning_rate=``, or this project's older ``lr=`` (one of them)."""
+    if learning_rate is not None and lr is not None and float(learning_rate) != float(lr):
+        raise ValueError(f"give learning_rate or lr, not both ({learning_rate} and {lr})")
+    rate = learning_rate if learning_rate is not None else lr
+    return float(default if rate is None else rate)
+
+
 class Optimizer:
-    """Base class: ``update`` in place; ``get_state``/``set_state`` for checkpoints."""
+    """Base class: ``update`` in place; ``get_state``/``set_state`` for checkpoints.
+    ``learning_rate`` (alias ``lr``) may change between updates (schedules)."""
 
     name = ""
 
@@ -120,8 +129,18 @@ class Optimizer:
             self.state[name] = state
         return state
 
+    @property
+    def learning_rate(self) -> float:
+        """Keras's name for ``lr``."""
+        return self.lr
+
+    @learning_rate.setter
+    def learning_rate(self, value: float) -> None:
+        self.lr = float(value)
+
     def get_config(self) -> dict:
-        return {"name": self.name, "lr": self.lr}
+        """Constructor arguments: ``type(get_optimizer(name))(**rest)`` rebuilds it."""
+        return {"name": self.name, "learning_rate": self.lr}
 
     def get_state(self) -> dict[str, np.ndarray]:
         """Flat copy of the state, e.g. {"m_sum.0.W": ..., "iterations": array(12)}."""
@@ -143,37 +162,49 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """p -= lr * g."""
+    """Keras 3's SGD. momentum 0: p -= lr * g. Otherwise, with a velocity v:
+
+        v = momentum * v - lr * g;   p += v                        (nesterov=False)
+        v = momentum * v - lr * g;   p += momentum * v - lr * g    (nesterov=True)
+    """
 
     name = "sgd"
 
-    def __init__(self, lr: float = 0.01) -> None:
-        super().__init__(lr)
-
-    def step(self, g: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
-        return np.multiply(g, self.lr, out=state["scratch"])
-
-
-class Momentum(Optimizer):
-    """v = momentum * v - lr * g;  p += v."""
-
-    name = "momentum"
-
-    def __init__(self, lr: float = 0.01, momentum: float = 0.9) -> None:
-        super().__init__(lr)
-        self.momentum = float(momentum)
+    def __init__(self, learning_rate: float | None = None, momentum: float = 0.0,
+                 nesterov: bool = False, *, lr: float | None = None) -> None:
+        super().__init__(_rate(learning_rate, lr, 0.01))
+        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+        if not 0 <= self.momentum <= 1:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
 
     def slots(self) -> tuple[str, ...]:
-        return ("v",)
+        return ("v",) if self.momentum else ()
 
     def step(self, g: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
+        lr_g = np.multiply(g, self.lr, out=state["scratch"])
+        if not self.momentum:
+            return lr_g
         v = state["v"]
         v *= self.momentum
-        v -= np.multiply(g, self.lr, out=state["scratch"])
+        v -= lr_g
+        if self.nesterov:  # step = lr g - momentum v
+            lr_g -= np.multiply(v, self.momentum, out=np.empty_like(v))
+            return lr_g
         return np.negative(v, out=state["scratch"])  # p += v
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "momentum": self.momentum}
+        return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
+
+
+class Momentum(SGD):
+    """SGD with momentum 0.9 by default (the textbook's Momentum): v = momentum * v - lr * g;
+    p += v."""
+
+    name = "momentum"
+
+    def __init__(self, learning_rate: float | None = None, momentum: float = 0.9,
+                 nesterov: bool = False, *, lr: float | None = None) -> None:
+        super().__init__(learning_rate, momentum, nesterov, lr=lr)
 
 
 class Adam(Optimizer):
@@ -190,6 +221,8 @@ class Adam(Optimizer):
         p -= alpha * m_sum / (sqrt(v_sum) + epsilon / sqrt(1 - b2))
         alpha = lr * sqrt(1 - b2**t) / (1 - b1**t) * (1 - b1) / sqrt(1 - b2)
 
+    With ``amsgrad`` the denominator uses the running maximum of v (v_hat_sum), as Keras.
+
     ``get_state`` saves the sums ("m_sum.0.W"), so a resumed run continues bit for bit;
     ``set_state`` also takes Keras's averages ("m.0.W", "v.0.W": the torch engine's state).
     """
@@ -198,19 +231,23 @@ class Adam(Optimizer):
 
     def __init__(
         self,
-        lr: float = 0.001,
+        learning_rate: float | None = None,
         beta_1: float = 0.9,
         beta_2: float = 0.999,
         epsilon: float = 1e-7,
+        amsgrad: bool = False,
+        *,
+        lr: float | None = None,
     ) -> None:
-        super().__init__(lr)
+        super().__init__(_rate(learning_rate, lr, 0.001))
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        self.amsgrad = bool(amsgrad)
         for name, beta in (("beta_1", self.beta_1), ("beta_2", self.beta_2)):
             if not 0 <= beta < 1:  # at 1 a moment never takes in a gradient
                 raise ValueError(f"Adam's {name} must be in [0, 1), got {beta}")
 
     def slots(self) -> tuple[str, ...]:
-        return ("m_sum", "v_sum")
+        return ("m_sum", "v_sum", "v_hat_sum") if self.amsgrad else ("m_sum", "v_sum")
 
     def update(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
         t = self.iterations + 1  # bias correction for this step, shared by all parameters
@@ -228,6 +265,8 @@ class Adam(Optimizer):
         m_sum += g
         v_sum *= self.beta_2  # v_sum = b2 v_sum + g^2
         v_sum += np.square(g, out=tmp)
+        if self.amsgrad:  # the largest v so far
+            v_sum = np.maximum(state["v_hat_sum"], v_sum, out=state["v_hat_sum"])
         np.sqrt(v_sum, out=tmp)  # step = alpha m_sum / (sqrt(v_sum) + epsilon / sqrt(1 - b2))
         tmp += self.sum_epsilon
         np.divide(m_sum, tmp, out=tmp)
@@ -243,7 +282,8 @@ class Adam(Optimizer):
         which the torch engine keeps), whichever form it had them in."""
         if form not in ("sums", "averages"):
             raise ValueError(f"form must be 'sums' or 'averages', got {form!r}")
-        weights = {"m": 1 - self.beta_1, "v": 1 - self.beta_2}  # average = weight * sum
+        # average = weight * sum
+        weights = {"m": 1 - self.beta_1, "v": 1 - self.beta_2, "v_hat": 1 - self.beta_2}
         out = {}
         for key, value in flat.items():
             slot, _, name = key.partition(".")
@@ -262,16 +302,97 @@ class Adam(Optimizer):
             "beta_1": self.beta_1,
             "beta_2": self.beta_2,
             "epsilon": self.epsilon,
+            "amsgrad": self.amsgrad,
         }
 
 
-OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "momentum": Momentum, "adam": Adam}
+class AdamW(Adam):
+    """Keras 3's AdamW: before each Adam step, decoupled weight decay of every parameter,
+    p -= lr * weight_decay * p (Keras's ``_apply_weight_decay``; torch.optim.AdamW's too).
+
+    A refused update (non-finite) undoes the decay again, to within rounding."""
+
+    name = "adamw"
+
+    def __init__(self, learning_rate: float | None = None, weight_decay: float = 0.004,
+                 beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7,
+                 amsgrad: bool = False, *, lr: float | None = None) -> None:
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, amsgrad, lr=lr)
+        self.weight_decay = float(weight_decay)
+
+    def update(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+        keep = 1.0 - self.lr * self.weight_decay  # p -= lr wd p
+        for p in params.values():
+            p *= keep
+        try:
+            super().update(params, grads)
+        except TrainingDivergedError:
+            for p in params.values():
+                p /= keep
+            raise
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "weight_decay": self.weight_decay}
+
+
+class RMSprop(Optimizer):
+    """Keras 3's RMSprop (epsilon inside the square root):
+
+        v = rho v + (1 - rho) g**2;   a = rho a + (1 - rho) g         (a: centered only)
+        step = lr g / sqrt(v + epsilon)   or   lr g / sqrt(v - a**2 + epsilon) (centered)
+        with momentum > 0:  s = momentum s + step;  p -= s;   else p -= step
+    """
+
+    name = "rmsprop"
+
+    def __init__(self, learning_rate: float | None = None, rho: float = 0.9,
+                 momentum: float = 0.0, epsilon: float = 1e-7, centered: bool = False,
+                 *, lr: float | None = None) -> None:
+        super().__init__(_rate(learning_rate, lr, 0.001))
+        self.rho, self.momentum, self.epsilon = float(rho), float(momentum), float(epsilon)
+        self.centered = bool(centered)
+
+    def slots(self) -> tuple[str, ...]:
+        return ("v", *(("a",) if self.centered else ()), *(("s",) if self.momentum else ()))
+
+    def step(self, g: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
+        v, tmp, rho = state["v"], state["scratch"], self.rho
+        v *= rho  # v = rho v + (1 - rho) g^2
+        v += np.multiply(np.square(g, out=tmp), 1 - rho, out=tmp)
+        if self.centered:
+            a = state["a"]
+            a *= rho  # a = rho a + (1 - rho) g
+            a += np.multiply(g, 1 - rho, out=tmp)
+            np.subtract(v, np.square(a, out=tmp), out=tmp)
+            tmp += self.epsilon
+        else:
+            np.add(v, self.epsilon, out=tmp)
+        np.sqrt(tmp, out=tmp)  # step = lr g / sqrt(denominator)
+        np.divide(g, tmp, out=tmp)
+        tmp *= self.lr
+        if not self.momentum:
+            return tmp
+        s = state["s"]
+        s *= self.momentum
+        s += tmp
+        np.copyto(tmp, s)
+        return tmp
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "rho": self.rho, "momentum": self.momentum,
+                "epsilon": self.epsilon, "centered": self.centered}
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "momentum": Momentum, "adam": Adam,
+                                          "adamw": AdamW, "rmsprop": RMSprop}
 
 
 def get_optimizer(optimizer: str | Optimizer) -> Optimizer:
-    """An Optimizer from a name ("sgd", "momentum", "adam"; default hyperparameters) or itself."""
+    """An Optimizer from a name, any case ("sgd", "SGD", "momentum", "adam", "Adam", "adamw",
+    "AdamW", "rmsprop", "RMSprop"; default hyperparameters), or the optimizer itself."""
     if isinstance(optimizer, Optimizer):
         return optimizer
-    if optimizer not in OPTIMIZERS:
+    key = optimizer.lower() if isinstance(optimizer, str) else optimizer
+    if key not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[optimizer]()
+    return OPTIMIZERS[key]()
