@@ -315,15 +315,38 @@ def _per_step(seconds: float, steps: int) -> str:
 
 
 class _Progress:
-    """Keras-like report: a live rich bar on a terminal, else one plain line per epoch."""
+    """Keras-like report. verbose=1: a live rich bar on a terminal; in Jupyter one display
+    per epoch, updated in place (at most every ``LIVE_REFRESH_S``) and left as the epoch's
+    line; elsewhere, and with verbose=2, one plain line per epoch; verbose=0 nothing."""
 
     def __init__(self, verbose: int, epochs: int, steps: int) -> None:
         self.verbose, self.epochs, self.steps = verbose, epochs, steps
-        self.live = verbose == 1 and sys.stdout.isatty()
+        self.jupyter = verbose == 1 and not sys.stdout.isatty() and self._in_jupyter()
+        self.live = verbose == 1 and (sys.stdout.isatty() or self.jupyter)
         self.bar = self.task = None
+        self.handle: Any = None  # the epoch's IPython display (Jupyter)
+        self.shown_at = -math.inf  # when the display was last updated (epoch seconds)
+
+    @staticmethod
+    def _in_jupyter() -> bool:
+        """True inside a Jupyter (IPython) kernel: stdout is no terminal there, but a
+        display can be updated in place."""
+        if "ipykernel" not in sys.modules:
+            return False
+        try:
+            from IPython import get_ipython
+        except ImportError:
+            return False
+        shell = get_ipython()
+        return shell is not None and getattr(shell, "kernel", None) is not None
+
+    @staticmethod
+    def _bar(done: int, total: int, width: int = 20) -> str:
+        filled = width if total <= 0 else min(width, round(width * done / total))
+        return "\u2501" * filled + "\u2500" * (width - filled)
 
     def __enter__(self) -> _Progress:
-        if self.live:
+        if self.live and not self.jupyter:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
@@ -336,6 +359,13 @@ class _Progress:
             self.bar.stop()
 
     def batch(self, epoch: int, done: int, logs: dict[str, float], elapsed: float) -> None:
+        if self.jupyter:
+            if self.handle is None or elapsed - self.shown_at >= LIVE_REFRESH_S:
+                self._show(f"Epoch {epoch + 1}/{self.epochs} - {done}/{self.steps} "
+                           f"{self._bar(done, self.steps)} - {elapsed:.1f}s - "
+                           f"{_per_step(elapsed, done)} - {_format(logs)}")
+                self.shown_at = elapsed
+            return
         if self.bar is None:
             return
         if self.task is None:  # each epoch gets its own bar, as in Keras
@@ -346,8 +376,23 @@ class _Progress:
 
     def epoch_end(self, epoch: int, done: int, logs: dict[str, float], elapsed: float) -> None:
         timing = f"{elapsed:.1f}s - {_per_step(elapsed, done)} - {_format(logs)}"
-        if self.bar is not None and self.task is not None:
+        line = f"Epoch {epoch + 1}/{self.epochs} - {done}/{self.steps} - {timing}"
+        if self.jupyter:
+            self._show(line)  # the epoch's display ends as its plain line
+            self.handle, self.shown_at = None, -math.inf
+        elif self.bar is not None and self.task is not None:
             self.bar.update(self.task, info=timing)
             self.task = None
         elif self.verbose and self.bar is None:
-            print(f"Epoch {epoch + 1}/{self.epochs} - {done}/{self.steps} - {timing}", flush=True)
+            print(line, flush=True)
+
+    def _show(self, text: str) -> None:
+        """Show ``text`` in this epoch's display: a new one at its first update, then the
+        same one updated in place."""
+        from IPython.display import display
+
+        sys.stdout.flush()  # what was printed before comes first
+        if self.handle is None:
+            self.handle = display({"text/plain": text}, raw=True, display_id=True)
+        else:
+            self.handle.update({"text/plain": text}, raw=True)
