@@ -160,7 +160,7 @@ def test_keras_s_other_layers_build_and_train():
     x, y = _images(32)
     model = keras.Sequential([
         keras.Input((28, 28, 1)), layers.Rescaling(1.0), layers.Conv2D(4, 3),
-        layers.LeakyReLU(negative_slope=0.1), layers.AveragePooling2D(),
+        layers.LeakyReLU(negative_slope=0.1), layers.AveragePooling2D(2),
         layers.BatchNormalization(), layers.ReLU(), layers.GlobalAveragePooling2D(),
         layers.Reshape((2, 2)), layers.Flatten(), layers.Dense(10), layers.Softmax()])
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])

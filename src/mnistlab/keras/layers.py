@@ -261,10 +261,10 @@ class MaxPooling2D(KerasLayer, nn_layers.MaxPooling2D):
 
 
 class AveragePooling2D(KerasLayer, nn_layers.AveragePooling2D):
-    """``keras.layers.AveragePooling2D(pool_size=(2, 2), strides=None, padding="valid",
-    data_format=None)``."""
+    """``keras.layers.AveragePooling2D(pool_size, strides=None, padding="valid",
+    data_format=None)`` (Keras 3 has no default pool_size here, unlike MaxPooling2D)."""
 
-    def __init__(self, pool_size: int | tuple[int, int] = (2, 2),
+    def __init__(self, pool_size: int | tuple[int, int],
                  strides: int | tuple[int, int] | None = None, padding: str = "valid",
                  data_format: str | None = None, name: str | None = None,
                  **kwargs: Any) -> None:
