@@ -98,17 +98,9 @@ def set_learning_rate(optimizer: Any, value: float) -> None:
 
 
 def _log_learning_rate(model: Any, logs: dict) -> None:
-    """Keras's ``logs["learning_rate"]``, also into the History fit returns: Keras's History
-    runs after every other callback, mnistlab's loop records the epoch before the callbacks,
-    so this adds the entry when the epoch's record lacks it (and never twice)."""
-    lr = get_learning_rate(model.optimizer)
-    logs["learning_rate"] = lr
-    history = getattr(model, "history", None)
-    epochs = getattr(history, "epoch", None)
-    if isinstance(getattr(history, "history", None), dict) and epochs:
-        column = history.history.setdefault("learning_rate", [])
-        if len(column) < len(epochs):
-            column.append(lr)
+    """Keras's ``logs["learning_rate"]`` (fit's History records the logs after the Keras
+    callbacks, as Keras's History does, so it holds the learning rate too)."""
+    logs["learning_rate"] = get_learning_rate(model.optimizer)
 
 
 class _Monitor(Callback):

@@ -200,10 +200,14 @@ def fit(model: Any, x: Any, y: Any, *, epochs: int = 1, batch_size: int | None =
                         break
                 take(totals, epoch)
                 logs = {**totals.logs(metrics), **_validation_logs(session.validate(), metrics)}
+                state.update(epoch=epoch + 1, global_step=step)
+                # Keras's callbacks first, which may add to the logs ("learning_rate"), then
+                # the History (last, as in Keras), then mnistlab's own, whose checkpoint
+                # holds the History with this epoch in it
+                _call(keras_style, "on_epoch_end", epoch, logs)
                 history.record_epoch(epoch, logs)
                 progress.epoch_end(epoch, batches, logs, time.perf_counter() - started)
-                state.update(epoch=epoch + 1, global_step=step)
-                _call(callbacks, "on_epoch_end", epoch, logs)
+                _call(internal, "on_epoch_end", epoch, logs)
                 if model.stop_training:
                     break
         if window:  # the last, partial window of step losses
