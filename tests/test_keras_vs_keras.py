@@ -137,3 +137,58 @@ def test_evaluate_matches_keras():
         model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     np.testing.assert_allclose(mine.evaluate(x, y, verbose=0), theirs.evaluate(x, y, verbose=0),
                                rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["rmsprop", "nesterov", "adamw", "adam_lr"])
+def test_same_losses_with_keras_s_other_optimizers(name):
+    def optimizer(k):
+        return {"rmsprop": lambda: k.optimizers.RMSprop(learning_rate=0.002),
+                "nesterov": lambda: k.optimizers.SGD(learning_rate=0.05, momentum=0.9,
+                                                     nesterov=True),
+                "adamw": lambda: k.optimizers.AdamW(learning_rate=0.003),
+                "adam_lr": lambda: k.optimizers.Adam(learning_rate=0.01)}[name]()
+
+    theirs, mine = _twins(_mlp)
+    x, y = _data((784,))
+    spies = _train_both(theirs, mine, x, y, lambda is_mine: {
+        "optimizer": optimizer(ours if is_mine else real),
+        "loss": "sparse_categorical_crossentropy"}, batch_size=32, epochs=2)
+    np.testing.assert_allclose(spies[1].losses, spies[0].losses, rtol=1e-4, atol=1e-5)
+    for a, b in zip(mine.get_weights(), theirs.get_weights(), strict=True):
+        np.testing.assert_allclose(a, np.asarray(b), atol=5e-5)
+    assert mine.optimizer.learning_rate == pytest.approx(
+        float(np.asarray(theirs.optimizer.learning_rate)))
+
+
+def test_from_logits_with_a_linear_output_as_keras():
+    def logits_mlp(k):
+        return k.Sequential([k.Input((784,)), k.layers.Dense(32, activation="relu"),
+                             k.layers.Dense(10)])
+
+    theirs, mine = _twins(logits_mlp)
+    x, y = _data((784,))
+    spies = _train_both(theirs, mine, x, y, lambda is_mine: {
+        "optimizer": "adam", "metrics": ["accuracy"],
+        "loss": (ours if is_mine else real).losses.SparseCategoricalCrossentropy(
+            from_logits=True)}, batch_size=32, epochs=2)
+    np.testing.assert_allclose(spies[1].losses, spies[0].losses, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(spies[1].history["accuracy"], spies[0].history["accuracy"])
+
+
+def test_class_weight_and_sample_weight_as_keras():
+    theirs, mine = _twins(_mlp)
+    x, y = _data((784,))
+    class_weight = {0: 3.0, 1: 0.5, 7: 2.0}
+    spies = _train_both(theirs, mine, x, y, lambda _: {
+        "optimizer": "sgd", "loss": "sparse_categorical_crossentropy",
+        "metrics": ["accuracy"]}, batch_size=32, epochs=2, class_weight=class_weight)
+    np.testing.assert_allclose(spies[1].losses, spies[0].losses, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(spies[1].history["accuracy"], spies[0].history["accuracy"],
+                               atol=1e-6)
+
+    theirs, mine = _twins(_mlp)
+    weights = np.random.default_rng(5).random(len(x)).astype(np.float32)
+    spies = _train_both(theirs, mine, x, y, lambda _: {
+        "optimizer": "adam", "loss": "sparse_categorical_crossentropy"}, batch_size=32,
+        epochs=1, sample_weight=weights)
+    np.testing.assert_allclose(spies[1].losses, spies[0].losses, rtol=1e-4, atol=1e-5)
