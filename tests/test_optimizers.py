@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mnistlab.errors import TrainingDivergedError
-from mnistlab.nn import SGD, Adam, Momentum, get_optimizer
+from mnistlab.nn import SGD, Adam, AdamW, Momentum, RMSprop, get_optimizer
 
 
 def one_param(value=(1.0, -2.0, 0.5)):
@@ -188,3 +188,26 @@ def test_adam_scales_float32_moments_by_a_python_float() -> None:
     opt = Adam()
     opt.update({"0.W": np.ones(3, np.float32)}, {"0.W": np.ones(3, np.float32)})
     assert type(opt.alpha) is float
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SGD(0.1, momentum=0.9, nesterov=True),
+    lambda: Adam(0.01, amsgrad=True),
+    lambda: AdamW(0.01, weight_decay=0.1),
+    lambda: RMSprop(0.01, momentum=0.5, centered=True),
+], ids=["nesterov", "amsgrad", "adamw", "rmsprop"])
+def test_every_optimizer_resumes_bit_for_bit_from_its_state(make) -> None:
+    rng = np.random.default_rng(0)
+    grads = [{"w": rng.normal(size=(5, 3)).astype("float32")} for _ in range(6)]
+    straight, first = make(), make()
+    p_straight, p_first = {"w": np.ones((5, 3), "float32")}, {"w": np.ones((5, 3), "float32")}
+    for g in grads:
+        straight.update(p_straight, g)
+    for g in grads[:3]:
+        first.update(p_first, g)
+    resumed = make()
+    resumed.set_state(first.get_state())
+    for g in grads[3:]:
+        resumed.update(p_first, g)
+    np.testing.assert_array_equal(p_first["w"], p_straight["w"])
+    assert resumed.iterations == straight.iterations == 6

@@ -935,7 +935,7 @@ class TorchSequential(SequentialBase):
     def evaluate(self, x: Any, y: Any, batch_size: int | None = None,
                  return_dict: bool = False) -> tuple[float, float] | dict[str, float]:
         """(loss, accuracy) over all of x (or a dict with those keys)."""
-        xt = self.as_input(x)
+        xt, y = self.as_input(x), np.asarray(y.cpu() if isinstance(y, Tensor) else y)
         self.check_pairs(xt, y, "evaluate")
         t, a = self.as_targets(y)
         result = self._evaluate_tensors(xt, t, a, batch_size)
@@ -1029,7 +1029,7 @@ class _FitSession:
         self.val = None
         if validation_data is not None:
             vx, vy = validation_data
-            vx = model.as_input(vx)
+            vx, vy = model.as_input(vx), np.asarray(vy.cpu() if isinstance(vy, Tensor) else vy)
             model.check_pairs(vx, vy, "validation_data")
             self.val = (vx, *model.as_targets(vy))
         self.n, dev = len(self.x), model.device
