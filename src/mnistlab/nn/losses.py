@@ -95,6 +95,12 @@ class Loss:
     # on the outputs as usual, then backward_logits() replaces the activation's backward.
     gradient_activation: str | None = None
 
+    def __init__(self, from_logits: bool = False) -> None:
+        """Every loss takes ``from_logits`` (so every config rebuilds its loss); only the
+        cross-entropies that override this accept True."""
+        if from_logits:
+            raise ValueError(f"loss {self.name!r} has no from_logits=True form")
+
     def forward(self, y: np.ndarray, t: np.ndarray, sample_weight: Any = None) -> float:
         raise NotImplementedError
 
@@ -406,10 +412,4 @@ def get_loss(loss: str | dict | Loss) -> Loss:
     name = config.pop("name", None)
     if not isinstance(name, str) or name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
-    cls = LOSSES[name]
-    from_logits = bool(config.pop("from_logits", False))
-    if issubclass(cls, CategoricalCrossentropy | BinaryCrossentropy):
-        return cls(from_logits=from_logits)
-    if from_logits:
-        raise ValueError(f"loss {name!r} has no from_logits=True form")
-    return cls()
+    return LOSSES[name](from_logits=bool(config.pop("from_logits", False)))
