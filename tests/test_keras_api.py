@@ -222,3 +222,34 @@ def test_pop_removes_the_last_layer():
     model = keras.Sequential([keras.Input((4,)), layers.Dense(3), layers.Dense(2)])
     assert model.pop().name == "dense_1"
     assert model.predict(np.zeros((1, 4)), verbose=0).shape == (1, 3)
+
+
+def test_the_tensorflow_quickstart_runs_with_import_mnistlab_as_tf(capsys):
+    """TensorFlow's "quickstart for beginners", its import line changed only (on a slice)."""
+    x_train, y_train = _images(256)
+    x_train = x_train[..., 0]
+    model = tf.keras.models.Sequential([
+        tf.keras.layers.Flatten(input_shape=(28, 28)),
+        tf.keras.layers.Dense(128, activation="relu"),
+        tf.keras.layers.Dropout(0.2),
+        tf.keras.layers.Dense(10),
+    ])
+    predictions = model(x_train[:1]).numpy()
+    assert predictions.shape == (1, 10) and type(predictions) is np.ndarray
+    probabilities = tf.nn.softmax(predictions).numpy()
+    assert probabilities.sum() == pytest.approx(1.0, rel=1e-6)
+    loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    initial = loss_fn(y_train[:1], predictions).numpy()
+    assert initial == pytest.approx(-np.log(probabilities[0, y_train[0]]), rel=1e-5)
+    model.compile(optimizer="adam", loss=loss_fn, metrics=["accuracy"])
+    model.fit(x_train, y_train, epochs=2, verbose=0)
+    trained = model.get_weights()
+    model.evaluate(x_train, y_train, verbose=2)
+    assert "accuracy:" in capsys.readouterr().out
+    probability_model = tf.keras.Sequential([model, tf.keras.layers.Softmax()])
+    out = probability_model(x_train[:5])
+    np.testing.assert_allclose(out.numpy().sum(axis=1), 1, rtol=1e-5)
+    np.testing.assert_array_equal(out.numpy().argmax(1), model.predict(x_train[:5],
+                                                                      verbose=0).argmax(1))
+    for before, after in zip(trained, model.get_weights(), strict=True):  # shared, not reset
+        np.testing.assert_array_equal(before, after)

@@ -34,6 +34,7 @@ from mnistlab.engines.numpy import Sequential as NumpySequential
 from mnistlab.keras import layers as keras_layers
 from mnistlab.keras.layers import InputLayer, from_keras_layout, to_keras_layout
 from mnistlab.nn.layers import Layer
+from mnistlab.nn.tensor import EagerArray, eager
 from mnistlab.training.loop import History, check_verbose
 
 __all__ = ["Sequential", "load_model"]
@@ -62,7 +63,15 @@ class Sequential(NumpySequential):
 
     # ---- building --------------------------------------------------------------------------
     def add(self, layer: Any) -> None:
-        """Append a layer; ``keras.Input(shape)`` only as the first entry."""
+        """Append a layer; ``keras.Input(shape)`` only as the first entry; a Sequential's
+        layers themselves (``Sequential([model, layers.Softmax()])``, sharing their weights
+        with it, as in Keras)."""
+        if isinstance(layer, Sequential):
+            if not self.layers and self.input_shape is None and layer.input_shape is not None:
+                self.input_shape = layer.input_shape
+            for inner in layer.layers:
+                self.add(inner)
+            return
         if isinstance(layer, InputLayer):
             if self.layers:
                 raise ValueError("keras.Input must come first in a Sequential")
@@ -78,6 +87,22 @@ class Sequential(NumpySequential):
             raise ValueError(f"all layers in a model need unique names; {layer.name!r} is "
                              "there already")
         super().add(layer)
+
+    def build(self, input_shape: Sequence[int] | None = None, seed: int | None = None) -> None:
+        """Create the weights of the layers that have none yet. A layer built before (a
+        model's layers after ``pop``, or shared with another model) keeps its weights, as in
+        Keras, where a layer is built once."""
+        kept = {id(layer): (layer.input_shape, dict(layer.params), dict(layer.state))
+                for layer in self.layers if layer.output_shape is not None}
+        super().build(input_shape, seed)
+        for layer in self.layers:
+            if id(layer) in kept and kept[id(layer)][0] == layer.input_shape:
+                _, params, state = kept[id(layer)]
+                for new, old in ((layer.params, params), (layer.state, state)):
+                    for key, value in old.items():
+                        if key in new and new[key].shape == value.shape:
+                            new[key] = value  # the very arrays: shared layers stay shared
+                layer.grads = {key: np.zeros_like(value) for key, value in layer.params.items()}
 
     def pop(self) -> Layer:
         """Remove and return the last layer (Keras's ``pop``)."""
@@ -172,9 +197,10 @@ class Sequential(NumpySequential):
             _report(len(out), batch_size, time.perf_counter() - started, {})
         return out
 
-    def __call__(self, x: Any, training: bool = False) -> np.ndarray:
-        """``model(x)``: the outputs for one batch, as Keras's call (NumPy out)."""
-        return self.forward(x, training)
+    def __call__(self, x: Any, training: bool = False) -> EagerArray:
+        """``model(x)``: the outputs for one batch, as Keras's call (an array that also
+        answers TensorFlow's ``.numpy()``)."""
+        return eager(self.forward(x, training))
 
     # ---- weights ---------------------------------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:

@@ -12,7 +12,7 @@ The model a user trains (``mnistlab.Sequential``) puts these together with the f
 
 from __future__ import annotations
 
-from mnistlab.nn.activations import get_activation, sigmoid, softmax
+from mnistlab.nn.activations import get_activation
 from mnistlab.nn.gradcheck import GradcheckReport, gradcheck
 from mnistlab.nn.layers import (
     Activation,
@@ -55,6 +55,7 @@ from mnistlab.nn.optimizers import (
     RMSprop,
     get_optimizer,
 )
+from mnistlab.nn.tensor import EagerArray, relu, sigmoid, softmax
 
 __all__ = [
     "SGD",
@@ -70,6 +71,7 @@ __all__ = [
     "Cropping2D",
     "Dense",
     "Dropout",
+    "EagerArray",
     "Flatten",
     "GlobalAveragePooling2D",
     "GlobalMaxPooling2D",
@@ -95,6 +97,7 @@ __all__ = [
     "get_optimizer",
     "gradcheck",
     "layer_from_config",
+    "relu",
     "sigmoid",
     "softmax",
 ]
