@@ -717,8 +717,9 @@ def _compile_from_keras(model: Any, config: dict, path: Path) -> None:
         opt_name, opt_config = optimizer.lower(), {}
     elif isinstance(optimizer, dict) and isinstance(optimizer.get("config", {}), dict):
         opt_config = dict(optimizer.get("config", {}))
-        opt_name = opt_config.get("name") or keras_layers.snake_case(
-            str(optimizer.get("class_name", "")))
+        opt_name = str(optimizer.get("class_name", "")).lower()  # "Adam", "RMSprop"
+        if opt_name not in OPTIMIZERS and isinstance(opt_config.get("name"), str):
+            opt_name = re.sub(r"_[0-9]+$", "", opt_config["name"])  # "adam_1": its instance
     else:
         raise ModelFileError(f"{where}: unreadable optimizer {_short(optimizer)}")
     if opt_name not in OPTIMIZERS:
