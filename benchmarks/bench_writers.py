@@ -27,11 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import print_table
-from writers_set import RENDERS, STYLES, make_writers_set
-
 from mnistlab.handwriting.preprocess import WORK_MAX_SIDE, decode_image, preprocess_image
 from mnistlab.handwriting.recognizer import Recognizer, bundled_model_path
 from mnistlab.handwriting.robustness import ROBUSTNESS_KINDS, make_robustness_variants
+from writers_set import RENDERS, STYLES, make_writers_set
 
 GOAL_WRITERS = 0.97
 GOAL_POINTS = 1.5
@@ -85,15 +84,23 @@ def accuracy(recognizer: Recognizer, x: np.ndarray, y: np.ndarray) -> np.ndarray
     return np.concatenate(out) == y
 
 
-def run(models: list[Path | None], count: int, seed: int, mnist_count: int,
-        robust_count: int, repeat: int) -> dict:
+def run(
+    models: list[Path | None],
+    count: int,
+    seed: int,
+    mnist_count: int,
+    robust_count: int,
+    repeat: int,
+) -> dict:
     """Every measurement, as a JSON-safe dict (also printed as tables)."""
     from mnistlab.datasets import load_data
 
     started = time.perf_counter()
     w_x, w_y, w_style, w_render = writers_inputs(count, seed)
-    print(f"writers set: {count} digits preprocessed in {time.perf_counter() - started:.1f} s",
-          file=sys.stderr)
+    print(
+        f"writers set: {count} digits preprocessed in {time.perf_counter() - started:.1f} s",
+        file=sys.stderr,
+    )
     _, (x_test, y_test) = load_data()
     x_test, y_test = x_test[:mnist_count], y_test[:mnist_count]
     robust = robustness_inputs(x_test[:robust_count], seed) if robust_count else {}
@@ -107,11 +114,16 @@ def run(models: list[Path | None], count: int, seed: int, mnist_count: int,
     for name, rec, path in zip(names, recognizers, models, strict=True):
         path = path or bundled_model_path()
         ok = accuracy(rec, w_x, w_y)
-        r: dict = {"model": name, "writers": float(ok.mean()),
-                   "per_class": {d: float(ok[w_y == d].mean()) for d in range(10)},
-                   "per_render": {k: float(ok[np.array(w_render) == k].mean()) for k in RENDERS
-                                  if k in w_render},
-                   "per_style": {}, "confusions": {}}
+        r: dict = {
+            "model": name,
+            "writers": float(ok.mean()),
+            "per_class": {d: float(ok[w_y == d].mean()) for d in range(10)},
+            "per_render": {
+                k: float(ok[np.array(w_render) == k].mean()) for k in RENDERS if k in w_render
+            },
+            "per_style": {},
+            "confusions": {},
+        }
         preds = np.concatenate([rec.probabilities(w_x[s : s + 1000]).argmax(1)
                                 for s in range(0, len(w_x), 1000)])  # fmt: skip
         for label in range(10):
@@ -119,14 +131,19 @@ def run(models: list[Path | None], count: int, seed: int, mnist_count: int,
                 mask = (w_y == label) & (np.array(w_style) == style)
                 if mask.any():
                     r["per_style"][f"{label}:{style}"] = float(ok[mask].mean())
-        r["confusions"] = {f"{a}->{b}": n for (a, b), n in Counter(
-            (int(a), int(b)) for a, b in zip(w_y, preds, strict=True) if a != b).most_common(8)}
+        r["confusions"] = {
+            f"{a}->{b}": n
+            for (a, b), n in Counter(
+                (int(a), int(b)) for a, b in zip(w_y, preds, strict=True) if a != b
+            ).most_common(8)
+        }
         r["mnist_test"] = float(accuracy(rec, x_test, y_test).mean())
         if robust:
             clean = float(accuracy(rec, x_test[:robust_count], y_test[:robust_count]).mean())
             r["robust_clean"] = clean
-            r["robustness"] = {k: float(accuracy(rec, v, y_test[:robust_count]).mean())
-                               for k, v in robust.items()}
+            r["robustness"] = {
+                k: float(accuracy(rec, v, y_test[:robust_count]).mean()) for k, v in robust.items()
+            }
             r["worst_points"] = min(0.0, *((a - clean) * 100 for a in r["robustness"].values()))
         r["p50_ms"], r["p99_ms"] = latency_ms(rec, latency_files, repeat)
         r["photo_p50_ms"], r["photo_p99_ms"] = latency_ms(rec, photo_files, max(3, repeat // 3))
@@ -145,44 +162,73 @@ def _print(results: dict, mnist_count: int, robust_count: int) -> None:
     for k in RENDERS:
         if k in ms[0]["per_render"]:
             rows.append((f"  render {k}", *[f"{m['per_render'][k]:.3f}" for m in ms]))
-    rows.append((f"MNIST test ({mnist_count:,}; goal >= 0.995)",
-                 *[f"{m['mnist_test']:.4f}" for m in ms]))
+    rows.append(
+        (f"MNIST test ({mnist_count:,}; goal >= 0.995)", *[f"{m['mnist_test']:.4f}" for m in ms])
+    )
     if robust_count:
-        rows.append((f"robust: clean ({robust_count:,})", *[f"{m['robust_clean']:.4f}" for m in ms]))
+        rows.append(
+            (f"robust: clean ({robust_count:,})", *[f"{m['robust_clean']:.4f}" for m in ms])
+        )
         for k in ms[0]["robustness"]:
             rows.append((f"robust: {k}", *[f"{m['robustness'][k]:.4f}" for m in ms]))
-        rows.append((f"worst kind, points (goal >= -{GOAL_POINTS})",
-                     *[f"{m['worst_points']:+.2f}" for m in ms]))
-    rows.append((f"predict drawing/scan p50 / p99 ms (goal p99 <= {GOAL_P99_MS:g})",
-                 *[f"{m['p50_ms']:.1f} / {m['p99_ms']:.1f}" for m in ms]))
-    rows.append(("  a phone photo (300-640 px JPEG): p50 / p99 ms",
-                 *[f"{m['photo_p50_ms']:.1f} / {m['photo_p99_ms']:.1f}" for m in ms]))
+        rows.append(
+            (
+                f"worst kind, points (goal >= -{GOAL_POINTS})",
+                *[f"{m['worst_points']:+.2f}" for m in ms],
+            )
+        )
+    rows.append(
+        (
+            f"predict drawing/scan p50 / p99 ms (goal p99 <= {GOAL_P99_MS:g})",
+            *[f"{m['p50_ms']:.1f} / {m['p99_ms']:.1f}" for m in ms],
+        )
+    )
+    rows.append(
+        (
+            "  a phone photo (300-640 px JPEG): p50 / p99 ms",
+            *[f"{m['photo_p50_ms']:.1f} / {m['photo_p99_ms']:.1f}" for m in ms],
+        )
+    )
     rows.append((f"file MiB (goal <= {GOAL_MIB:g})", *[f"{m['mib']:.2f}" for m in ms]))
     rows.append(("parameters", *[f"{m['params']:,}" for m in ms]))
-    print_table(f"Writers outside MNIST: {results['count']:,} digits (seed {results['seed']})",
-                rows, cols)
+    print_table(
+        f"Writers outside MNIST: {results['count']:,} digits (seed {results['seed']})", rows, cols
+    )
     for i, m in enumerate(ms):
         print(f"model {i + 1}: {m['model']}")
         worst = sorted(m["per_style"].items(), key=lambda kv: kv[1])[:6]
         print("  weakest styles: " + ", ".join(f"{k} {v:.2f}" for k, v in worst))
-        print("  top confusions (true->read): "
-              + ", ".join(f"{k} x{v}" for k, v in m["confusions"].items()))
+        print(
+            "  top confusions (true->read): "
+            + ", ".join(f"{k} x{v}" for k, v in m["confusions"].items())
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, action="append",
-                        help="model file, repeatable (default: the bundled one)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        action="append",
+        help="model file, repeatable (default: the bundled one)",
+    )
     parser.add_argument("--count", type=int, default=2000, help="writers digits (default 2000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mnist-count", type=int, default=10000)
-    parser.add_argument("--robust-count", type=int, default=2000,
-                        help="MNIST digits per robustness kind (0: skip)")
+    parser.add_argument(
+        "--robust-count", type=int, default=2000, help="MNIST digits per robustness kind (0: skip)"
+    )
     parser.add_argument("--repeat", type=int, default=300, help="latency samples")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    results = run(args.model or [None], args.count, args.seed, args.mnist_count,
-                  args.robust_count, args.repeat)
+    results = run(
+        args.model or [None],
+        args.count,
+        args.seed,
+        args.mnist_count,
+        args.robust_count,
+        args.repeat,
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

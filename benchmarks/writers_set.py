@@ -39,6 +39,7 @@ SET_TAG = 0x57524954  # "WRIT": the first word of every seed sequence this set u
 
 Stroke = list[tuple[float, float]]  # control points (x, y) in a unit box, y downward
 
+# fmt: off
 # Each style: strokes in a box x in [0, w], y in [0, 1] (w: the style's width).
 STYLES: dict[int, dict[str, tuple[float, list[Stroke]]]] = {
     0: {
@@ -116,6 +117,8 @@ STYLES: dict[int, dict[str, tuple[float, list[Stroke]]]] = {
     },
 }
 
+# fmt: on
+
 RENDERS: tuple[str, ...] = ("canvas_dark", "canvas_light", "scan", "photo")
 _RENDER_WEIGHTS = (0.2, 0.15, 0.5, 0.15)
 
@@ -192,8 +195,15 @@ def _writer_strokes(label: int, style: str, rng: np.random.Generator) -> list[np
     return curves
 
 
-def _draw(curves: list[np.ndarray], height_px: float, pen_px: float, size: tuple[int, int],
-          origin: tuple[float, float], rng: np.random.Generator, supersample: int = 4) -> np.ndarray:
+def _draw(
+    curves: list[np.ndarray],
+    height_px: float,
+    pen_px: float,
+    size: tuple[int, int],
+    origin: tuple[float, float],
+    rng: np.random.Generator,
+    supersample: int = 4,
+) -> np.ndarray:
     """Ink coverage (H, W) float in [0, 1]: the curves scaled to ``height_px``, centred at
     ``origin``, drawn with a round pen of ``pen_px`` (pressure varies along each stroke),
     supersampled then box-reduced, so edges are anti-aliased."""
@@ -204,8 +214,9 @@ def _draw(curves: list[np.ndarray], height_px: float, pen_px: float, size: tuple
     for curve in curves:
         xy = (curve * height_px + origin) * s
         n = len(xy)
-        pressure = 1.0 + rng.uniform(-0.25, 0.25) * np.sin(np.linspace(0, np.pi, n)
-                                                          + rng.uniform(0, np.pi))
+        pressure = 1.0 + rng.uniform(-0.25, 0.25) * np.sin(
+            np.linspace(0, np.pi, n) + rng.uniform(0, np.pi)
+        )
         for k in range(n - 1):
             r = max(pen_px * pressure[k] * s / 2, 0.5)
             x0, y0 = xy[k]
@@ -240,8 +251,15 @@ def render_digit(
         cx = rng.uniform(0.3, 0.7) * w
         cy = rng.uniform(0.42, 0.58) * h
         ink = _draw(curves, height, pen, (w, h), (cx, cy), rng)
-        ink = np.asarray(Image.fromarray(np.rint(ink * 255).astype(np.uint8)).filter(
-            ImageFilter.GaussianBlur(rng.uniform(0.3, 1.4))), dtype=np.float64) / 255.0
+        ink = (
+            np.asarray(
+                Image.fromarray(np.rint(ink * 255).astype(np.uint8)).filter(
+                    ImageFilter.GaussianBlur(rng.uniform(0.3, 1.4))
+                ),
+                dtype=np.float64,
+            )
+            / 255.0
+        )
         paper = rng.uniform(0.8, 0.97)
         ys, xs = np.mgrid[0:h, 0:w]
         a = rng.uniform(0, 2 * np.pi)

@@ -172,11 +172,13 @@ def add_styles(
         top, bottom = rows[0], rows[-1]
         height = bottom - top + 1
         area = float(mask.sum())
-        edges = np.abs(np.diff(np.pad(mask, 1).astype(np.int8), axis=0)).sum() + np.abs(
-            np.diff(np.pad(mask, 1).astype(np.int8), axis=1)).sum()
+        edges = (
+            np.abs(np.diff(np.pad(mask, 1).astype(np.int8), axis=0)).sum()
+            + np.abs(np.diff(np.pad(mask, 1).astype(np.int8), axis=1)).sum()
+        )
         width = float(np.clip((8.0 / np.pi) * area / max(float(edges), 1.0), 1.5, 4.0))
 
-        def x_at(row: int) -> float:
+        def x_at(row: int, mask: np.ndarray = mask) -> float:
             cols = np.flatnonzero(mask[row])
             return float(cols.mean()) if cols.size else 14.0
 
@@ -191,10 +193,11 @@ def add_styles(
                 bx, by = x_at(bottom), bottom + 0.5 - width / 2
                 half = height * (0.15 + 0.2 * r[3])
                 tilt = (r[4] - 0.5) * 0.15 * height
-                segments.append(((bx - half * (0.7 + 0.6 * r[5]), by - tilt / 2),
-                                 (bx + half, by + tilt / 2)))
+                segments.append(
+                    ((bx - half * (0.7 + 0.6 * r[5]), by - tilt / 2), (bx + half, by + tilt / 2))
+                )
         else:
-            row = int(round(top + height * (0.4 + 0.2 * r[0])))
+            row = round(float(top + height * (0.4 + 0.2 * r[0])))
             cx, cy = x_at(row), row + 0.5
             left, right = height * (0.15 + 0.2 * r[1]), height * (0.15 + 0.2 * r[2])
             tilt = (r[3] - 0.5) * 0.15 * height
