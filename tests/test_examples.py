@@ -205,14 +205,7 @@ def test_02_keras_cnn(kernel_name: str, tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_03_keras_callbacks(kernel_name: str, tmp_path: Path,
                             monkeypatch: pytest.MonkeyPatch) -> None:
-    try:
-        nb, client = run_notebook("03_keras_callbacks.ipynb", kernel_name, tmp_path,
-                                  monkeypatch)
-    except nbclient.exceptions.CellExecutionError as error:
-        if "No module named 'mnistlab.keras.saving'" in str(error):
-            pytest.xfail("mnistlab.keras.saving does not exist yet (ModelCheckpoint, "
-                         "model.save and keras.models.load_model need it)")
-        raise
+    nb, client = run_notebook("03_keras_callbacks.ipynb", kernel_name, tmp_path, monkeypatch)
     check_common(nb, client)
     epochs = check_progress(nb, client)
     assert 1 <= epochs <= 15

@@ -9,7 +9,6 @@ at, the learning rates they set and the rows they write must agree.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
 import os
 import warnings
@@ -19,7 +18,6 @@ import pytest
 
 from mnistlab import Sequential
 from mnistlab.engines import load_model
-from mnistlab.engines.base import SequentialBase
 from mnistlab.keras import callbacks
 from mnistlab.keras.callbacks import (
     Callback,
@@ -215,18 +213,7 @@ def test_save_best_only_saves_when_the_monitored_value_improves(keras, tmp_path)
         assert ours.best == theirs.best
 
 
-def test_model_checkpoint_with_weights_only_calls_save_weights_of_a_real_model(tmp_path) -> None:
-    if not hasattr(SequentialBase, "save_weights"):
-        pytest.skip("Sequential.save_weights is not written yet")
-    net = model()
-    fit(net, [ModelCheckpoint(str(tmp_path / "w-{epoch}.weights.h5"), save_weights_only=True)],
-        epochs=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["w-1.weights.h5", "w-2.weights.h5"]
-
-
 def test_model_checkpoint_with_the_keras_facades_sequential(tmp_path) -> None:
-    if importlib.util.find_spec("mnistlab.keras.saving") is None:
-        pytest.skip("mnistlab.keras.saving is not written yet")
     from mnistlab import keras as mk
 
     net = mk.Sequential([mk.Input(shape=(4,)), mk.layers.Dense(8, activation="relu"),
