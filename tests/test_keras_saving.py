@@ -221,13 +221,14 @@ def keras_files(keras, tmp_path_factory) -> dict:
         folder = tmp_path_factory.mktemp(kind)
         model.save(folder / "k.keras")
         model.save_weights(folder / "k.weights.h5")
-        out[kind] = (folder, np.asarray(model.predict(x, verbose=0)), x)
+        out[kind] = (folder, np.asarray(model.predict(x, verbose=0)), x,
+                     [layer.name for layer in model.layers])
     return out
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_a_keras_file_predicts_as_keras(keras_files: dict, kind: str) -> None:
-    folder, expected, x = keras_files[kind]
+    folder, expected, x, names = keras_files[kind]
     with pytest.warns(UserWarning, match="optimizer state is not restored"):
         model = load_model(folder / "k.keras")
     np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-5)
@@ -236,13 +237,13 @@ def test_a_keras_file_predicts_as_keras(keras_files: dict, kind: str) -> None:
     assert model.loss.name == "sparse_categorical_crossentropy"
     if kind == "mlp":
         assert model.name == "kmlp"
-        assert [layer.name for layer in model.layers] == ["dense", "dense_1"]
+    assert [layer.name for layer in model.layers] == names  # Keras's, whatever its counters
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_keras_weights_h5_loads_into_the_same_layers(keras, keras_files: dict,
                                                      kind: str) -> None:
-    folder, expected, x = keras_files[kind]
+    folder, expected, x, _ = keras_files[kind]
     model = load_model(folder / "k.keras", compile=False)
     model.set_weights([np.zeros_like(w) for w in model.get_weights()])
     model.load_weights(folder / "k.weights.h5")
