@@ -12,6 +12,7 @@ last good weights saved.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import time
@@ -39,6 +40,24 @@ from mnistlab.training.callbacks import Checkpoint, Resume
 
 CHECKPOINT = "checkpoint.safetensors"
 MODEL = "model.safetensors"
+# When set, a file the run writes its phase stamps to (time.time() when each phase ended,
+# as JSON, with the recipe's own notes): benchmarks/bench_process.py reads it.
+PHASES_ENV = "MNISTLAB_PHASES"
+_stamps: dict[str, float] = {}
+
+
+def _stamp(phase: str) -> None:
+    _stamps[phase] = time.time()
+
+
+def _write_stamps(notes: dict[str, Any]) -> None:
+    path = os.environ.get(PHASES_ENV)
+    if path:
+        Path(path).write_text(json.dumps({"stamps": _stamps, "notes": _json_notes(notes)}))
+
+
+def _json_notes(notes: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in notes.items() if isinstance(v, int | float | str | bool)}
 
 
 @dataclass
@@ -65,6 +84,7 @@ def train_recipe(
     verbose: int = 1,
 ) -> RunResult:
     """Train recipe ``name`` (with ``overrides``) and write its run directory."""
+    _stamp("start")
     recipe = get_recipe(name)
     _check_supported(recipe, dataset, engine)
     config = resolve_config(recipe, overrides or {})
@@ -115,6 +135,7 @@ def _run(run_dir: Path, *, resume: bool, verbose: int) -> RunResult:
     say = print if verbose else (lambda *_: None)
     say(f"{recipe.name}: {recipe.title}  (reference: {recipe.reference})")
     say(f"run directory: {run_dir}")
+    _stamp("setup")
     started = time.perf_counter()
     try:
         trained = recipe.train(context)
@@ -138,6 +159,7 @@ def _run(run_dir: Path, *, resume: bool, verbose: int) -> RunResult:
             "try a smaller learning rate (--set lr=...)"
         ) from error
     train_seconds = time.perf_counter() - started
+    _stamp("recipe")
     return _finish(run_dir, saved, trained, train_seconds, verbose)
 
 
@@ -147,11 +169,14 @@ def _finish(run_dir: Path, saved: dict, trained: Any, train_seconds: float, verb
     model.save(run_dir / MODEL)
     if trained.history is not None:
         write_history(run_dir, trained.history)
+    _stamp("saved")
     dataset = get_dataset(saved["dataset"])
     _, (x_test, y_test) = load_data(dataset.name)
     limit = saved["config"].get("test_limit")
     x_test, y_test = x_test[:limit], y_test[:limit]
+    _stamp("test_data")
     evaluation = evaluate_model(model, x_test, y_test, class_names=dataset.class_names)
+    _stamp("evaluation")
     metrics = write_evaluation(
         run_dir,
         evaluation,
@@ -175,6 +200,8 @@ def _finish(run_dir: Path, saved: dict, trained: Any, train_seconds: float, verb
     )
     _write_status(run_dir, "finished")
     write_report(run_dir)
+    _stamp("written")
+    _write_stamps(trained.notes)
     if verbose:
         shown = f"test accuracy {metrics['accuracy']:.4f}"
         if trained.train_accuracy is not None:
