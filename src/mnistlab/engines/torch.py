@@ -54,6 +54,8 @@ except ImportError as exc:  # torch is an optional extra
 
 from mnistlab.engines.base import SequentialBase
 from mnistlab.engines.numpy import Sequential, model_from_spec
+from mnistlab.engines.torch_optim import dynamo_free
+from mnistlab.engines.torch_optim import step as optim_step
 from mnistlab.errors import TrainingDivergedError
 from mnistlab.nn import layers as np_layers
 from mnistlab.nn.losses import (
@@ -541,13 +543,16 @@ class TorchOptimizer:
         if isinstance(s, Adam):
             kind = torch.optim.AdamW if isinstance(s, AdamW) else torch.optim.Adam
             decay = {"weight_decay": s.weight_decay} if isinstance(s, AdamW) else {}
-            self.torch = kind(params, lr=s.lr, betas=(s.beta_1, s.beta_2), eps=s.epsilon,
-                              amsgrad=s.amsgrad, fused=fused, **decay)
+            with dynamo_free(kind):
+                self.torch = kind(params, lr=s.lr, betas=(s.beta_1, s.beta_2), eps=s.epsilon,
+                                  amsgrad=s.amsgrad, fused=fused, **decay)
         elif isinstance(s, SGD):
-            self.torch = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum,
-                                         nesterov=s.nesterov, fused=fused)
+            with dynamo_free(torch.optim.SGD):
+                self.torch = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum,
+                                             nesterov=s.nesterov, fused=fused)
         else:  # RMSprop: our own foreach step; torch.optim only holds lr and the params
-            self.torch = torch.optim.SGD(params, lr=s.lr)
+            with dynamo_free(torch.optim.SGD):
+                self.torch = torch.optim.SGD(params, lr=s.lr)
             self._slots = {slot: [torch.zeros_like(p) for p in params] for slot in s.slots()}
         self._table, self.bound_to, self._pending = table, net, None
         self.params = params
@@ -568,7 +573,7 @@ class TorchOptimizer:
                 1.0 - s.beta_2**self.iterations)
         self.torch.found_inf = found_inf  # read by torch's fused Adam and SGD, as AMP does
         try:
-            self.torch.step()
+            optim_step(self.torch)
         finally:
             self.torch.found_inf = None
 
@@ -611,7 +616,8 @@ class TorchOptimizer:
         keep(params, torch._foreach_sub(params, step))
 
     def zero_grad(self) -> None:
-        self.torch.zero_grad(set_to_none=True)
+        for p in self.params:  # torch's zero_grad(set_to_none=True), without torch._dynamo
+            p.grad = None
 
     def get_state(self) -> dict[str, np.ndarray]:
         """Like ``Optimizer.get_state``: {"iterations": ..., "v.0.W": ...}; for Adam, its
@@ -668,8 +674,9 @@ class TorchOptimizer:
                 state[index[p]] = {"momentum_buffer": get("v") / -self.lr}
         if isinstance(self.spec, RMSprop):
             return
-        self.torch.load_state_dict({"state": state,
-                                    "param_groups": self.torch.state_dict()["param_groups"]})
+        with dynamo_free(type(self.torch)):
+            self.torch.load_state_dict({"state": state,
+                                        "param_groups": self.torch.state_dict()["param_groups"]})
 
 
 def _np_dtype(t: Tensor) -> np.dtype:

@@ -262,9 +262,8 @@ def fast(ctx: Any) -> Any:
     Adam (0.7, 0.9) at lr 0.01 decaying linearly to 0, batch 128, label smoothing 0.1."""
     c = ctx.config
     if ctx.engine == "torch":  # imports before the clocks start: one-off process costs
-        import torch._dynamo  # noqa: F401  (the first torch optimizer imports it: ~1 s)
-
-        from mnistlab.engines.torch import to_torch
+        from mnistlab.engines.torch import to_torch  # (torch; not torch._dynamo: see
+        # engines/torch_optim.py)
     started = time.perf_counter()
     (x, y), _ = ctx.data(pixels="unit", layout="image")
     targets = smooth_labels(y, c["label_smoothing"])
