@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from mnistlab.datasets import PIXEL_SCALES, load_data, scale_pixels
+from mnistlab.datasets.api import load_array, load_unit_images
 from mnistlab.engines.numpy import Sequential
 from mnistlab.errors import MnistlabError
 
@@ -32,8 +33,14 @@ class Context:
         """Train and test splits, pixels scaled as ``pixels`` ("unit" [0, 1], "raw" 0..255,
         "0.01-1"), shaped "flat" (N, 784) or "image" (N, 1, 28, 28); ``limit`` and
         ``test_limit`` in the config take the first N samples (for quick runs)."""
-        (x, y), (x_test, y_test) = load_data(self.dataset)
         limit, test_limit = self.config.get("limit"), self.config.get("test_limit")
+        if pixels == "unit":  # the decoded cache's float copy: scale_pixels' values, mapped
+            x, x_test = (np.asarray(load_unit_images(self.dataset, key)[:n])
+                         for key, n in (("train_images", limit), ("test_images", test_limit)))
+            y, y_test = (load_array(self.dataset, key)[:n]
+                         for key, n in (("train_labels", limit), ("test_labels", test_limit)))
+            return (_shaped(x, layout), y), (_shaped(x_test, layout), y_test)
+        (x, y), (x_test, y_test) = load_data(self.dataset)
         x, y = x[:limit], y[:limit]
         x_test, y_test = x_test[:test_limit], y_test[:test_limit]
         return (_inputs(x, pixels, layout), y), (_inputs(x_test, pixels, layout), y_test)
@@ -69,5 +76,8 @@ class Trained:
 def _inputs(images: np.ndarray, pixels: str, layout: str) -> np.ndarray:
     if pixels not in PIXEL_SCALES:
         raise MnistlabError(f"unknown pixel scaling {pixels!r} (one of {', '.join(PIXEL_SCALES)})")
-    x = scale_pixels(images, pixels)
+    return _shaped(scale_pixels(images, pixels), layout)
+
+
+def _shaped(x: np.ndarray, layout: str) -> np.ndarray:
     return x.reshape(len(x), -1) if layout == "flat" else x.reshape(len(x), 1, 28, 28)
