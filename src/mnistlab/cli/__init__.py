@@ -61,6 +61,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mnistlab: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if argv is None:  # the process's own command line: it exits next
+            _quick_exit()
+
+
+def _quick_exit() -> None:
+    """Spare the exit its last garbage collections: they walk every object the imports
+    made (torch's: about 0.3 s on 2 cores), only for the process to end. Frozen objects
+    are never collected; everything else (atexit, flushing, finalizers) happens as ever."""
+    import gc
+
+    gc.freeze()
 
 
 def one_line(error: BaseException) -> str:
