@@ -104,9 +104,10 @@ def run(
     _, (x_test, y_test) = load_data()
     x_test, y_test = x_test[:mnist_count], y_test[:mnist_count]
     robust = robustness_inputs(x_test[:robust_count], seed) if robust_count else {}
-    latency_set = make_writers_set(40, seed + 1)
+    latency_set = make_writers_set(80, seed + 1)  # every render (a photo is 15% of digits)
     latency_files = [d.data for d in latency_set if d.render in ("canvas_dark", "scan")]
-    photo_files = [d.data for d in latency_set if d.render == "photo"]
+    photo_files = [d.data for d in latency_set if d.render == "photo"][:10]
+    latency_files = latency_files[:40]
     recognizers = [Recognizer.from_path(m) for m in models]
     names = [str(m) if m is not None else f"bundled ({bundled_model_path().name})"
              for m in models]  # fmt: skip

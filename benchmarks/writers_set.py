@@ -50,13 +50,14 @@ STYLES: dict[int, dict[str, tuple[float, list[Stroke]]]] = {
         "round": (0.85, [[(0.5, 0.02), (0.12, 0.15), (0.0, 0.55), (0.25, 0.95), (0.6, 0.97),
                           (0.85, 0.6), (0.75, 0.15), (0.45, 0.0)]]),
     },
-    1: {
+    1: {  # nominal shapes: the flagged 1s are drawn by ``_european_one`` (see there)
         "stick": (0.08, [[(0.06, 0.0), (0.0, 1.0)]]),
-        "short_flag": (0.3, [[(0.05, 0.22), (0.3, 0.0), (0.26, 1.0)]]),
-        "long_flag": (0.5, [[(0.0, 0.45), (0.5, 0.0), (0.42, 1.0)]]),
-        "flag_base": (0.65, [[(0.05, 0.35), (0.38, 0.0), (0.33, 1.0)], [(0.0, 1.0), (0.65, 1.0)]]),
-        "long_flag_base": (0.7, [[(0.0, 0.5), (0.42, 0.0), (0.36, 1.0)],
-                                 [(0.05, 1.0), (0.7, 0.98)]]),
+        "short_flag": (0.3, [[(0.05, 0.22), (0.3, 0.0)], [(0.3, 0.0), (0.26, 1.0)]]),
+        "long_flag": (0.4, [[(0.0, 0.45), (0.4, 0.0)], [(0.4, 0.0), (0.36, 1.0)]]),
+        "flag_base": (0.65, [[(0.05, 0.35), (0.38, 0.0)], [(0.38, 0.0), (0.33, 1.0)],
+                             [(0.0, 1.0), (0.65, 1.0)]]),
+        "long_flag_base": (0.8, [[(0.0, 0.5), (0.4, 0.0)], [(0.4, 0.0), (0.36, 1.0)],
+                                 [(0.0, 1.0), (0.8, 0.98)]]),
     },
     2: {
         "plain": (0.7, [[(0.05, 0.22), (0.3, 0.0), (0.6, 0.05), (0.65, 0.3), (0.35, 0.65),
@@ -67,6 +68,13 @@ STYLES: dict[int, dict[str, tuple[float, list[Stroke]]]] = {
                      (0.7, 1.0)]]),
         "curly": (0.7, [[(0.0, 0.3), (0.2, 0.02), (0.55, 0.0), (0.68, 0.25), (0.45, 0.6),
                          (0.1, 0.95), (0.35, 0.88), (0.7, 0.96)]]),
+        # narrow and upright: a small hook, a steep diagonal, a short base (a 2 that a
+        # model may take for a 1 with a flag and a base)
+        "narrow": (0.45, [[(0.0, 0.18), (0.2, 0.0), (0.42, 0.08), (0.4, 0.32), (0.2, 0.65),
+                           (0.02, 1.0), (0.45, 0.98)]]),
+        "narrow_loop": (0.5, [[(0.02, 0.15), (0.25, 0.0), (0.45, 0.12), (0.38, 0.45),
+                               (0.12, 0.85), (0.05, 0.98), (0.0, 0.88), (0.15, 0.86),
+                               (0.3, 0.97), (0.5, 0.97)]]),
     },
     3: {
         "round": (0.65, [[(0.05, 0.1), (0.35, 0.0), (0.6, 0.15), (0.5, 0.4), (0.25, 0.48),
@@ -106,6 +114,14 @@ STYLES: dict[int, dict[str, tuple[float, list[Stroke]]]] = {
                              (0.3, 0.48)],
                             [(0.3, 0.48), (0.02, 0.72), (0.2, 1.0), (0.52, 0.95), (0.6, 0.7),
                              (0.3, 0.48)]]),
+        # a small top loop over a big bottom one, the strokes crossing at a slant
+        "small_top": (0.62, [[(0.42, 0.05), (0.25, 0.0), (0.12, 0.12), (0.22, 0.32),
+                              (0.52, 0.55), (0.62, 0.82), (0.35, 1.0), (0.02, 0.85),
+                              (0.08, 0.58), (0.42, 0.3), (0.45, 0.1)]]),
+        "snowman": (0.6, [[(0.3, 0.42), (0.12, 0.28), (0.16, 0.04), (0.38, 0.0), (0.48, 0.22),
+                           (0.32, 0.42)],
+                          [(0.32, 0.42), (0.04, 0.6), (0.05, 0.9), (0.3, 1.0), (0.58, 0.88),
+                           (0.55, 0.55), (0.32, 0.42)]]),
     },
     9: {
         "straight": (0.6, [[(0.58, 0.25), (0.35, 0.0), (0.05, 0.12), (0.05, 0.4), (0.35, 0.48),
@@ -114,6 +130,12 @@ STYLES: dict[int, dict[str, tuple[float, list[Stroke]]]] = {
                           (0.58, 0.25), (0.56, 0.7), (0.35, 1.0), (0.08, 0.9)]]),
         "slant_tail": (0.6, [[(0.6, 0.2), (0.32, 0.0), (0.0, 0.2), (0.2, 0.45), (0.6, 0.2),
                               (0.35, 1.0)]]),
+        # the loop drawn first, then the straight tail as its own stroke down its right side
+        "two_stroke": (0.58, [[(0.55, 0.12), (0.3, 0.0), (0.04, 0.1), (0.0, 0.32), (0.25, 0.45),
+                               (0.55, 0.35), (0.56, 0.15)], [(0.56, 0.02), (0.52, 1.0)]]),
+        # a loop left a little open at the bottom, a long straight tail
+        "open_loop": (0.6, [[(0.5, 0.38), (0.2, 0.42), (0.02, 0.25), (0.15, 0.02),
+                             (0.45, 0.0), (0.58, 0.15), (0.56, 0.5), (0.54, 1.0)]]),
     },
 }
 
@@ -173,11 +195,53 @@ def _catmull_rom(points: np.ndarray, per_segment: int = 16) -> np.ndarray:
     return np.vstack(out)
 
 
+_FLAGS = {  # style: (flag length range as a share of the height, with a base?)
+    "short_flag": ((0.15, 0.3), False),
+    "long_flag": ((0.33, 0.55), False),
+    "flag_base": ((0.15, 0.5), True),
+    "long_flag_base": ((0.33, 0.55), True),
+}
+
+
+def _european_one(style: str, rng: np.random.Generator) -> tuple[float, list[Stroke]]:
+    """A flagged 1 as real writers make it: the flag a stroke from the top of the stem
+    down to the left, a sharp corner where it meets the stem (its own polyline, so the
+    spline does not round the corner into an arch), 20-60 degrees from vertical (short
+    flags up to 70), its length a share of the height, half of them curved (bowed up and
+    to the left, or sagging toward the stem); the base, if any, a horizontal serif across
+    the stem's foot, short to long (up to almost the height), a little off-centre.
+    Returns (width, strokes) as STYLES does."""
+    (lo, hi), base = _FLAGS[style]
+    length = rng.uniform(lo, hi)
+    top_angle = 70.0 if length < 0.3 else 60.0
+    angle = np.deg2rad(rng.uniform(20.0, top_angle))  # from vertical
+    end = np.array([-length * np.sin(angle), length * np.cos(angle)])  # from the stem's top
+    flag: list[tuple[float, float]] = [(float(end[0]), float(end[1])), (0.0, 0.0)]
+    if rng.random() < 0.5:  # curved: the middle bowed out (up and left) or in (sagging)
+        bow = rng.uniform(0.04, 0.12) * length / 0.4 * (1 if rng.random() < 0.5 else -1)
+        mid = end / 2 + bow * np.array([-np.cos(angle), -np.sin(angle)])
+        flag.insert(1, (float(mid[0]), float(mid[1])))
+    foot = rng.uniform(-0.06, 0.03)  # the stem may lean a little on its own
+    stem: list[tuple[float, float]] = [(0.0, 0.0), (foot, 1.0)]
+    strokes = [flag, stem]
+    if base:
+        half = rng.uniform(0.12, 0.45)
+        centre = foot + rng.uniform(-0.25, 0.15) * half
+        tilt = rng.uniform(-0.03, 0.03)
+        strokes.append([(centre - half, 1.0 + tilt), (centre + half, 1.0 - tilt)])
+    xs = [x for stroke in strokes for x, _ in stroke]
+    left = min(xs)
+    return max(xs) - left, [[(x - left, y) for x, y in stroke] for stroke in strokes]
+
+
 def _writer_strokes(label: int, style: str, rng: np.random.Generator) -> list[np.ndarray]:
     """The style's strokes under this writer's hand: jitter, aspect, slant, rotation; in a
     unit-height box, as dense polylines (x, y)."""
     width, strokes = STYLES[label][style]
     jitter = rng.uniform(0.015, 0.06)
+    if label == 1 and style in _FLAGS:  # drawn to measure; no jitter to open the corner
+        width, strokes = _european_one(style, rng)
+        jitter = 0.0
     aspect = rng.uniform(0.8, 1.25)
     slant = rng.uniform(-0.15, 0.45)  # top leans right for > 0 (most writers lean right)
     angle = np.deg2rad(rng.uniform(-10, 10))
@@ -245,7 +309,7 @@ def render_digit(
         return Image.fromarray(np.rint(arr).astype(np.uint8), mode="L"), "PNG"
     if render == "scan":
         height = rng.uniform(20, 50)  # low resolution: a form's box at 100-200 dpi
-        pen = max(1.2, height * rng.uniform(0.08, 0.2))
+        pen = max(1.2, height * rng.uniform(0.08, 0.24))  # thick pens at scan resolution
         w, h = int(height * rng.uniform(1.6, 2.6)), int(height * rng.uniform(1.3, 1.9))
         # off-centre inside the box, the digit may sit anywhere it fits
         cx = rng.uniform(0.3, 0.7) * w
