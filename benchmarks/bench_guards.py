@@ -19,7 +19,8 @@
             benchmarks/time_to_accuracy.py --only reference,fast-torch in a subprocess
             (its own ratio and goal, <= 0.5; 0.34 when filed).
 
-Each timed command runs after ../shared/tools/wait-quiet when there is one.
+Each timed command (each batch of --repeat runs) starts after ../shared/tools/wait-quiet
+when there is one.
 """
 
 from __future__ import annotations
@@ -67,15 +68,14 @@ def guard_memory(args: argparse.Namespace, work: Path) -> tuple[bool, str]:
 
 def _median_wall(cmd: list[str], repeat: int, wait: bool) -> tuple[float, str]:
     run_measured(cmd)  # warm-up: page cache, .pyc files
-    times, quiet = [], []
+    quiet = wait_quiet(wait)  # once: the runs take a second or two together
+    times = []
     for _ in range(repeat):
-        quiet.append(wait_quiet(wait))
         result = run_measured(cmd)
         if result["rc"] != 0:
             raise SystemExit(f"{' '.join(cmd)} failed ({result['rc']}):\n{result['stderr']}")
         times.append(result["wall_s"])
-    marks = "-" if all(q == "-" for q in quiet) else f"{sum(q == 'yes' for q in quiet)}/{repeat}"
-    return statistics.median(times), marks
+    return statistics.median(times), quiet
 
 
 def guard_help(args: argparse.Namespace, work: Path) -> tuple[bool, str]:

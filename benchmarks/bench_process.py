@@ -17,7 +17,9 @@ The breakdown of each process (seconds):
 
   start-up    Python, imports, argument checks (mnistlab: also the imports its recipe
               does before its clocks start, torch's among them)
-  data        reading and converting the train and test sets
+  data        reading and converting the train and test sets (mnistlab maps the float
+              copy in its decoded cache: the pages are read as training first touches
+              them, so that part counts as training)
   training    model, optimizer and the training loop
   evaluation  predicting the test set and scoring it
   writing     what the run leaves (mnistlab: model, history, metrics, plots, report;
