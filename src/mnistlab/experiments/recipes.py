@@ -181,8 +181,7 @@ def handwriting(ctx: Context) -> Trained:
     through `mnistlab.handwriting.preprocess`, which undoes size and position but not slant,
     rotation or stroke width, so the copies vary those (`mnistlab.handwriting.augment`) and
     are normalized the way preprocess normalizes. Before that, in each copy about
-    ``styles`` of the 1s get a flag (short to long, at varied angles, straight or bowed;
-    half of those a base, short to long) and of the 7s a crossbar
+    ``styles`` of the 1s get a flag (and half of those a base) and of the 7s a crossbar
     (``augment.add_styles``): the European styles MNIST's writers rarely used. The copies
     are made once, up front, from the seed."""
     from mnistlab.handwriting.augment import add_styles, augment

@@ -18,9 +18,9 @@ marker or a fine pen. ``augment`` makes such variants of (N, 28, 28) uint8 digit
    slant and stroke width are not.
 
 ``add_styles`` adds, before those steps, strokes some writers make and MNIST's writers
-rarely did, to MNIST's own digits: a flag (short to long, at varied angles, straight or
-bowed) and sometimes a base (short to long) on a 1, a crossbar on a 7 (the European
-styles). It draws with Pillow, one digit at a time, at the digit's own stroke width.
+rarely did, to MNIST's own digits: a flag (short to long, at varied angles) and sometimes a
+base on a 1, a crossbar on a 7 (the European styles). It draws with Pillow, one digit at
+a time, at the digit's own stroke width.
 
 Everything else is NumPy over chunks of images (no loop over pixels or images) and every random
 choice comes from the seed: the same seed gives the same digits.
@@ -28,7 +28,6 @@ choice comes from the seed: the same seed gives the same digits.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -152,9 +151,8 @@ def add_styles(
     fraction: float = 0.5,
 ) -> np.ndarray:
     """A copy of (N, 28, 28) uint8 digits where about ``fraction`` of the 1s get a flag from
-    the top of the stem down to the left (20-60% of the height, 15-65 degrees from the
-    stem, half of them bowed out or in; half of the flagged 1s also a base, 0.2-0.9 of the
-    height wide) and about ``fraction`` of the 7s a crossbar
+    the top of the stem down to the left (20-75% of the height, 25-60 degrees below the
+    horizontal; half of them also a base) and about ``fraction`` of the 7s a crossbar
     through the stem near mid-height. Other digits are returned as they are. The strokes
     are drawn 4x supersampled at the digit's own stroke width; the same seed gives the same
     digits."""
@@ -164,7 +162,7 @@ def add_styles(
     y = np.asarray(labels)
     rng = np.random.default_rng(seed)
     chosen = rng.random(len(x)) < fraction
-    extra = rng.random((len(x), 8))  # every image draws the same numbers: order-independent
+    extra = rng.random((len(x), 6))  # every image draws the same numbers: order-independent
     up = 4
     for i in np.flatnonzero(chosen & ((y == 1) | (y == 7))):
         mask = x[i] >= 128
@@ -187,22 +185,14 @@ def add_styles(
         r = extra[i]
         segments = []
         if y[i] == 1:
-            # The flag leaves the top of the stem down to the left at 15-65 degrees from
-            # the stem (which may lean; the longest flags at most 50), 20-60% of the
-            # height long, straight or bowed
-            # (out, up and to the left, or in, sagging toward the stem); half of the
-            # flagged 1s get a base across the foot, 0.2-0.9 of the height wide.
             tx, ty = x_at(top), top + 0.5
-            lean = np.arctan2(x_at(bottom) - tx, float(height))  # > 0: the foot to the right
-            length = height * (0.2 + 0.4 * r[0])
-            angle = lean - np.deg2rad(15 + (50 - 15 * r[0]) * r[1])  # long: at most 50
-            end = (tx + length * np.sin(angle), ty + length * np.cos(angle))
-            bow = (r[6] - 0.5) * 0.5 * length if r[7] < 0.5 else 0.0
-            segments += _bowed((tx, ty), end, bow)
+            length = height * (0.2 + 0.55 * r[0])
+            angle = np.deg2rad(25 + 35 * r[1])
+            segments.append(((tx, ty), (tx - length * np.cos(angle), ty + length * np.sin(angle))))
             if r[2] < 0.5:
                 bx, by = x_at(bottom), bottom + 0.5 - width / 2
-                half = height * (0.1 + 0.35 * r[3])
-                tilt = (r[4] - 0.5) * 0.1 * height
+                half = height * (0.15 + 0.2 * r[3])
+                tilt = (r[4] - 0.5) * 0.15 * height
                 segments.append(
                     ((bx - half * (0.7 + 0.6 * r[5]), by - tilt / 2), (bx + half, by + tilt / 2))
                 )
@@ -223,23 +213,6 @@ def add_styles(
         stroke = np.asarray(canvas.reduce(up))
         x[i] = np.maximum(x[i], stroke)
     return x
-
-
-def _bowed(
-    start: tuple[float, float], end: tuple[float, float], bow: float, pieces: int = 6
-) -> list[tuple[tuple[float, float], tuple[float, float]]]:
-    """Segments of a quadratic curve from ``start`` to ``end`` whose middle is pushed
-    ``bow`` px to the right of the direction of travel (a straight line for 0)."""
-    (x0, y0), (x1, y1) = start, end
-    dx, dy = x1 - x0, y1 - y0
-    norm = max(float(np.hypot(dx, dy)), 1e-6)
-    # control point: twice the bow, so the curve's middle moves by ``bow``
-    cx, cy = (x0 + x1) / 2 - 2 * bow * dy / norm, (y0 + y1) / 2 + 2 * bow * dx / norm
-    t = np.linspace(0.0, 1.0, pieces + 1)
-    px = (1 - t) ** 2 * x0 + 2 * (1 - t) * t * cx + t**2 * x1
-    py = (1 - t) ** 2 * y0 + 2 * (1 - t) * t * cy + t**2 * y1
-    pts = list(zip(px.tolist(), py.tolist(), strict=True))
-    return list(itertools.pairwise(pts))
 
 
 def change_stroke(images: np.ndarray, width: float, *, normalize: bool = False) -> np.ndarray:
