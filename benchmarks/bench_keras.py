@@ -8,7 +8,8 @@
 Each framework runs the same job (``benchmarks/course_jobs.py``: the course's script,
 only its imports changed, for mnistlab and Keras; the same model written plainly for
 PyTorch; mnistlab's own API as "native") in a fresh process, after an untimed warm-up epoch
-on a slice; the frameworks take turns round by round. It prints the fit seconds and the
+on a slice; the frameworks take turns round by round. It prints the best fit seconds of the
+rounds (another process starting mid-run slows a run, never speeds it up) and the
 ratios mnistlab/Keras (goal <= 0.5), mnistlab/PyTorch (goal <= 1.0) and mnistlab/native
 (the facade's cost: ~1.0). Run it on a quiet machine (../shared/tools/wait-quiet waits for
 one; the script calls it before each round when it exists).
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -62,12 +62,12 @@ def main() -> None:
                 seconds = run(framework, job, *plan[job])
                 times.setdefault((job, framework), []).append(seconds)
                 print(f"round {r + 1}: {job} {framework:8s} {seconds:7.2f} s", flush=True)
-    print(f"\n{os.cpu_count()} cores; fit seconds (median of {args.rounds}), after a warm-up")
+    print(f"\n{os.cpu_count()} cores; fit seconds (best of {args.rounds}), after a warm-up")
     print(f"{'job':6s}{'images x epochs':>17s}" + "".join(f"{f:>10s}" for f in FRAMEWORKS)
           + f"{'/keras':>9s}{'/pytorch':>10s}{'/native':>9s}")
     failed = False
     for job in jobs:
-        med = {f: statistics.median(times[(job, f)]) for f in FRAMEWORKS}
+        med = {f: min(times[(job, f)]) for f in FRAMEWORKS}
         ratios = {f: med["mnistlab"] / med[f] for f in ("keras", "pytorch", "native")}
         limit, epochs = plan[job]
         marks = {f: "" if ratios[f] <= goal else "!" for f, goal in GOALS.items()}
