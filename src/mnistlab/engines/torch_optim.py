@@ -53,14 +53,16 @@ def dynamo_free(kind: type[torch.optim.Optimizer]) -> Iterator[None]:
 def step(optimizer: torch.optim.Optimizer) -> Any:
     """``optimizer.step()``: without its wrappers (no step hooks, grad mode off, as its own
     wrapper sets it) while torch._dynamo is unloaded and nothing hooks or profiles it."""
+    # torch's private names, read with defaults that fall back to the plain call, so a
+    # torch without them still steps correctly (only without the saving)
     if (
         _loaded()
         or optimizer.defaults.get("differentiable")
-        or optimizer._optimizer_step_pre_hooks
-        or optimizer._optimizer_step_post_hooks
-        or _optimizer._global_optimizer_pre_hooks
-        or _optimizer._global_optimizer_post_hooks
-        or torch.autograd._profiler_enabled()
+        or getattr(optimizer, "_optimizer_step_pre_hooks", True)
+        or getattr(optimizer, "_optimizer_step_post_hooks", True)
+        or getattr(_optimizer, "_global_optimizer_pre_hooks", True)
+        or getattr(_optimizer, "_global_optimizer_post_hooks", True)
+        or getattr(torch.autograd, "_profiler_enabled", lambda: True)()
     ):
         return optimizer.step()
     with torch.no_grad():
