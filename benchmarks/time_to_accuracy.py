@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -137,39 +136,13 @@ def _plain_torch(
 
 
 def reference(piece: Slice, seed: int) -> Result:
-    """The public one-epoch 99% recipe, written plainly: in-order batches of 256."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
+    """The public one-epoch 99% recipe, written plainly: in-order batches of 256 (the net
+    and loop of benchmarks/reference_fast.py, the standalone script bench_process runs)."""
+    from reference_fast import Net
+    from reference_fast import train as train_epoch
 
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(1, 24, 5)
-            self.conv2 = nn.Conv2d(24, 32, 3)
-            self.fc1 = nn.Linear(800, 256)
-            self.fc2 = nn.Linear(256, 10)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            x = F.relu(F.max_pool2d(self.conv1(x), 2))  # (N, 24, 12, 12)
-            x = F.relu(F.max_pool2d(self.conv2(x), 2))  # (N, 32, 5, 5)
-            x = F.relu(self.fc1(torch.flatten(x, 1)))
-            return self.fc2(x)
-
-    def train(net: nn.Module, x: Any, y: Any, *_: Any) -> None:
-        batch = 256
-        steps = math.ceil(len(x) / batch)
-        optimizer = torch.optim.Adam(net.parameters(), lr=0.01, betas=(0.7, 0.9))
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=0.01, total_steps=steps, cycle_momentum=False
-        )
-        for i in range(steps):
-            xb, yb = x[i * batch : (i + 1) * batch], y[i * batch : (i + 1) * batch]
-            loss = F.cross_entropy(net(xb), yb)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+    def train(net: Any, x: Any, y: Any, *_: Any) -> None:
+        train_epoch(net, x, y)
 
     return _plain_torch(piece, seed, Net, train, normalize=True, channels_last=True)
 
