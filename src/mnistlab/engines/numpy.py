@@ -151,7 +151,7 @@ class _FitSession:
             wb = None if w is None else w[idx]
         steps = self.steps
         try:
-            loss, acc = self.model.train_step(xb, yb, wb)
+            loss, acc = self.model.train_batch(xb, yb, wb)  # x was checked and cast once
         except TrainingDivergedError as error:
             steps.failed, steps.reason, self.failed = len(steps.losses), str(error), True
             loss, acc = math.nan, math.nan

@@ -202,8 +202,13 @@ class Network(LayerStack):
 
         Never applies a non-finite step: a NaN/infinite loss or update raises
         TrainingDivergedError and leaves the weights as they were."""
-        loss, out = self.forward_loss(self.prepare_input(x), y, training=True,
-                                      sample_weight=sample_weight)
+        return self.train_batch(self.prepare_input(x), y, sample_weight)
+
+    def train_batch(self, x: np.ndarray, y: np.ndarray,
+                    sample_weight: np.ndarray | None = None) -> tuple[float, float]:
+        """``train_step`` on a batch already checked and in the model's dtype (a fit session
+        checks all of x once, not each batch again)."""
+        loss, out = self.forward_loss(x, y, training=True, sample_weight=sample_weight)
         if not math.isfinite(loss):
             raise TrainingDivergedError(f"loss became {loss}; the weights were left unchanged")
         acc = accuracy(out, y)
