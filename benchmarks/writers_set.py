@@ -33,7 +33,17 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["RENDERS", "SET_TAG", "STYLES", "WriterDigit", "make_writers_set", "render_digit"]
+__all__ = [
+    "RENDERS",
+    "SET_TAG",
+    "STYLES",
+    "Hand",
+    "WriterDigit",
+    "make_hand",
+    "make_writers_set",
+    "render_digit",
+    "write_digits",
+]
 
 SET_TAG = 0x57524954  # "WRIT": the first word of every seed sequence this set uses
 
@@ -167,13 +177,53 @@ def make_writers_set(count: int, seed: int = 0) -> list[WriterDigit]:
         style = styles[int(rng.integers(len(styles)))]
         render = RENDERS[int(rng.choice(len(RENDERS), p=_RENDER_WEIGHTS))]
         img, fmt = render_digit(label, style, render, rng)
-        buffer = io.BytesIO()
-        if fmt == "JPEG":
-            img.save(buffer, format="JPEG", quality=int(rng.integers(45, 86)))
-        else:
-            img.save(buffer, format="PNG")
-        out.append(WriterDigit(buffer.getvalue(), label, style, render, fmt))
+        out.append(_encode(img, fmt, label, style, render, rng))
     return out
+
+
+@dataclass(frozen=True)
+class Hand:
+    """One writer's habits, kept across all their digits: a style per digit, a slant, an
+    aspect, a rotation, how shaky (jitter), a pen (0..1 within the render's pen range) and
+    the medium they write on. Each digit still varies a little around these."""
+
+    styles: tuple[str, ...]  # styles[d]: how this writer writes d
+    slant: float
+    aspect: float
+    angle: float  # degrees
+    jitter: float
+    pen: float
+    render: str
+
+
+def make_hand(rng: np.random.Generator) -> Hand:
+    """A writer drawn at random: every habit from the ranges ``make_writers_set`` uses."""
+    styles = tuple(sorted(STYLES[d])[int(rng.integers(len(STYLES[d])))] for d in range(10))
+    return Hand(
+        styles=styles,
+        slant=float(rng.uniform(-0.15, 0.45)),
+        aspect=float(rng.uniform(0.8, 1.25)),
+        angle=float(rng.uniform(-10, 10)),
+        jitter=float(rng.uniform(0.015, 0.06)),
+        pen=float(rng.uniform(0, 1)),
+        render=RENDERS[int(rng.choice(len(RENDERS), p=_RENDER_WEIGHTS))],
+    )
+
+
+def write_digits(hand: Hand, labels: list[int], rng: np.random.Generator) -> list[WriterDigit]:
+    """Digits of ``labels`` in ``hand``, encoded as ``make_writers_set`` encodes them."""
+    return [_encode(*render_digit(d, hand.styles[d], hand.render, rng, hand), d,
+                    hand.styles[d], hand.render, rng) for d in labels]  # fmt: skip
+
+
+def _encode(img: Image.Image, fmt: str, label: int, style: str, render: str,
+            rng: np.random.Generator) -> WriterDigit:  # fmt: skip
+    buffer = io.BytesIO()
+    if fmt == "JPEG":
+        img.save(buffer, format="JPEG", quality=int(rng.integers(45, 86)))
+    else:
+        img.save(buffer, format="PNG")
+    return WriterDigit(buffer.getvalue(), label, style, render, fmt)
 
 
 # ------------------------------------------------------------------------------ strokes
@@ -234,17 +284,25 @@ def _european_one(style: str, rng: np.random.Generator) -> tuple[float, list[Str
     return max(xs) - left, [[(x - left, y) for x, y in stroke] for stroke in strokes]
 
 
-def _writer_strokes(label: int, style: str, rng: np.random.Generator) -> list[np.ndarray]:
+def _writer_strokes(
+    label: int, style: str, rng: np.random.Generator, hand: Hand | None = None
+) -> list[np.ndarray]:
     """The style's strokes under this writer's hand: jitter, aspect, slant, rotation; in a
-    unit-height box, as dense polylines (x, y)."""
+    unit-height box, as dense polylines (x, y). Without a ``hand`` each is drawn anew; with
+    one, each varies a little around the hand's."""
     width, strokes = STYLES[label][style]
-    jitter = rng.uniform(0.015, 0.06)
+    jitter = rng.uniform(0.015, 0.06) if hand is None else hand.jitter
     if label == 1 and style in _FLAGS:  # drawn to measure; no jitter to open the corner
         width, strokes = _european_one(style, rng)
         jitter = 0.0
-    aspect = rng.uniform(0.8, 1.25)
-    slant = rng.uniform(-0.15, 0.45)  # top leans right for > 0 (most writers lean right)
-    angle = np.deg2rad(rng.uniform(-10, 10))
+    if hand is None:
+        aspect = rng.uniform(0.8, 1.25)
+        slant = rng.uniform(-0.15, 0.45)  # top leans right for > 0 (most writers lean right)
+        angle = np.deg2rad(rng.uniform(-10, 10))
+    else:
+        aspect = hand.aspect * np.exp(rng.normal(0, 0.05))
+        slant = hand.slant + rng.normal(0, 0.05)
+        angle = np.deg2rad(hand.angle + rng.normal(0, 2))
     cos, sin = np.cos(angle), np.sin(angle)
     curves = []
     for stroke in strokes:
@@ -294,22 +352,28 @@ def _draw(
 
 
 def render_digit(
-    label: int, style: str, render: str, rng: np.random.Generator
+    label: int, style: str, render: str, rng: np.random.Generator, hand: Hand | None = None
 ) -> tuple[Image.Image, str]:
-    """One digit of ``label`` in ``style``, rendered as ``render``: (grayscale image, the
-    file format it is to be saved in)."""
-    curves = _writer_strokes(label, style, rng)
+    """One digit of ``label`` in ``style``, rendered as ``render`` (by ``hand``, if given):
+    (grayscale image, the file format it is to be saved in)."""
+    curves = _writer_strokes(label, style, rng, hand)
+
+    def pen_share(lo: float, hi: float) -> float:  # the hand's pen, or one drawn at random
+        if hand is None:
+            return rng.uniform(lo, hi)
+        return lo + (hi - lo) * float(np.clip(hand.pen + rng.normal(0, 0.08), 0, 1))
+
     if render in ("canvas_dark", "canvas_light"):
         side = 280
         height = rng.uniform(110, 220)
-        pen = height * rng.uniform(0.05, 0.14)
+        pen = height * pen_share(0.05, 0.14)
         cx, cy = side / 2 + rng.uniform(-30, 30), side / 2 + rng.uniform(-20, 20)
         ink = _draw(curves, height, pen, (side, side), (cx, cy), rng)
         arr = 255 * (1 - ink) if render == "canvas_dark" else 255 * ink
         return Image.fromarray(np.rint(arr).astype(np.uint8), mode="L"), "PNG"
     if render == "scan":
         height = rng.uniform(20, 50)  # low resolution: a form's box at 100-200 dpi
-        pen = max(1.2, height * rng.uniform(0.08, 0.24))  # thick pens at scan resolution
+        pen = max(1.2, height * pen_share(0.08, 0.24))  # thick pens at scan resolution
         w, h = int(height * rng.uniform(1.6, 2.6)), int(height * rng.uniform(1.3, 1.9))
         # off-centre inside the box, the digit may sit anywhere it fits
         cx = rng.uniform(0.3, 0.7) * w
@@ -336,7 +400,7 @@ def render_digit(
     if render == "photo":
         side = int(rng.integers(300, 640))
         height = side * rng.uniform(0.3, 0.6)
-        pen = height * rng.uniform(0.04, 0.12)
+        pen = height * pen_share(0.04, 0.12)
         cx = side / 2 + rng.uniform(-0.15, 0.15) * side
         cy = side / 2 + rng.uniform(-0.12, 0.12) * side
         ink = _draw(curves, height, pen, (side, side), (cx, cy), rng, supersample=2)

@@ -86,6 +86,24 @@ class Recognizer:
         """Class probabilities (N, 10) for MNIST-like uint8 images (N, 28, 28)."""
         return np.asarray(self.model.predict(self.model_input(images)), dtype=np.float64)
 
+    def features_and_probabilities(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(features (N, F) float32, probabilities (N, 10)) in one pass: the features are what
+        the model's last Dense layer reads (its penultimate representation, where digits
+        of one style lie close together), the probabilities exactly ``probabilities``'s."""
+        layers = getattr(self.model, "layers", None)
+        heads = [i for i, layer in enumerate(layers or []) if type(layer).__name__ == "Dense"]
+        if not heads:
+            raise ModelFileError(
+                f"{self.name}: profiles need a NumPy-engine model that ends in Dense layers"
+            )
+        h = self.model.prepare_input(self.model_input(images))
+        for layer in layers[: heads[-1]]:
+            h = layer.forward(h, False)
+        features = h.reshape(len(images), -1).astype(np.float32)
+        for layer in layers[heads[-1] :]:
+            h = layer.forward(h, False)
+        return features, np.asarray(h, dtype=np.float64)
+
     def recognize_pixels(self, pixels: np.ndarray) -> Prediction:
         """A 28x28 uint8 image already in MNIST form (white on black, centered)."""
         probs = self.probabilities(pixels[None])[0]
