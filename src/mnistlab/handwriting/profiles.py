@@ -104,7 +104,7 @@ def check_name(name: object, field: str = "profile") -> str:
 
 def check_label(label: object, field: str = "label") -> int:
     """``label`` as an int if it is a digit 0..9 (an int, or a one-digit string)."""
-    if isinstance(label, str) and len(label) == 1 and label.isdigit():
+    if isinstance(label, str) and len(label) == 1 and "0" <= label <= "9":  # ASCII only
         return int(label)
     is_int = isinstance(label, (int, np.integer)) and not isinstance(label, (bool, np.bool_))
     if is_int and 0 <= label <= 9:
