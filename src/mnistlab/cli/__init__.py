@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "mnistlab.cli.train",
     "mnistlab.cli.evaluate",
     "mnistlab.cli.recognize",
+    "mnistlab.cli.profiles",
     "mnistlab.cli.bench",
 ]
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mnistlab.cli.args import about, check_output_dir, int_range, port
+from mnistlab.cli.profiles import DB_HELP
 from mnistlab.errors import MnistlabError
 
 
@@ -35,6 +38,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="also save the 28x28 image the model saw, as DIR/<name>.png",
     )
+    predict.add_argument(
+        "--profile",
+        default="default",
+        metavar="NAME",
+        help="read with what this profile was taught (`mnistlab teach`); default: default, "
+        "which reads as the model alone until something is taught to it",
+    )
+    predict.add_argument(
+        "--no-profile", action="store_true", help="read with the model alone, no profile"
+    )
+    predict.add_argument("--db", type=Path, metavar="PATH", help=DB_HELP)
     predict.set_defaults(func=cmd_predict)
 
     serve = subparsers.add_parser(
@@ -53,16 +67,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from mnistlab.cli import one_line
+    from mnistlab.handwriting.preprocess import preprocess_image
     from mnistlab.handwriting.recognizer import Recognizer
 
     if args.save_preprocessed is not None:
         check_output_dir(args.save_preprocessed, "--save-preprocessed")
     with about("--model" if args.model else None):
         recognizer = Recognizer.from_path(args.model)
+    read = _profile_reader(recognizer, args)
     failures = 0
     for path in args.images:
         try:
-            prediction = recognizer.recognize_image(_load(path), name=str(path))
+            prediction = read(preprocess_image(load_digit_image(path), name=str(path)))
         except MnistlabError as error:  # one line on stderr per image that failed; go on
             failures += 1
             message = str(error) if str(error).startswith(str(path)) else f"{path}: {error}"
@@ -76,11 +92,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.json:
             record = prediction.to_json(top_k=args.top)
             del record["image"]
-            print(json.dumps({"file": str(path), **record}))
+            profile = {} if args.no_profile else {"profile": args.profile}
+            print(json.dumps({"file": str(path), **record, **profile}))
         else:
             top = "  ".join(f"{d}: {p:6.1%}" for d, p in prediction.top(args.top))
             print(f"{path}: {prediction.digit}   ({top})")
     return 1 if failures else 0
+
+
+def _profile_reader(recognizer: Any, args: argparse.Namespace) -> Callable[[Any], Any]:
+    """What reads a preprocessed digit: the model alone (--no-profile, or a profile with
+    nothing taught: exactly the model) or the model with the profile's memory. Checks the
+    profile first, so an unknown name is one error before any image is read."""
+    if args.no_profile:
+        return recognizer.recognize_pixels
+    from mnistlab.handwriting.adapt import PersonalRecognizer
+    from mnistlab.handwriting.profiles import ProfileStore, check_name
+
+    check_name(args.profile, "--profile")
+    personal = PersonalRecognizer(recognizer, ProfileStore(args.db, create=False))
+    if not len(personal.memory(args.profile)):
+        return recognizer.recognize_pixels
+    return lambda pixels: personal.recognize_pixels(pixels, args.profile)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -120,7 +153,8 @@ def check_address(host: str, port: int) -> None:
             ) from None
 
 
-def _load(path: Path):
+def load_digit_image(path: Path) -> Any:
+    """An image file, decoded at the working size (as `predict` and `teach` read one)."""
     from mnistlab.handwriting.preprocess import WORK_MAX_SIDE, load_image
 
     return load_image(path, max_side=WORK_MAX_SIDE)
