@@ -1,9 +1,19 @@
 """FastAPI app: a page to draw a digit on, and a JSON API that recognizes digits.
 
     POST /api/predict   multipart file upload (PNG/JPEG), a raw image/* body, or
-                        JSON {"pixels": 28x28 or 784 values in 0..255, "preprocess": false}
+                        JSON {"pixels": 28x28 or 784 values in 0..255, "preprocess": false};
+                        optional profile (a form field, JSON field or ?profile=NAME):
+                        read with what that person taught (default "default")
+    POST /api/teach     the same inputs plus label (0..9; form field, JSON field or
+                        ?label=D): store the 28x28 image the model saw under the profile
+                        (created if new) and answer how it reads now, plus "taught"
     GET  /api/health    liveness and the model in use (HEAD too, like every GET)
     GET  /docs          OpenAPI documentation
+
+Profiles live in one SQLite file (``--db``; ``$MNISTLAB_HOME/profiles.sqlite`` by
+default), made by the first teach; see ``mnistlab.handwriting.profiles``. "default"
+always exists (empty until taught, it reads exactly as the model); another name answers
+404 until it has been taught; 409 when the database holds the most profiles allowed.
 
 Every bad request gets a 4xx JSON error ``{"detail": "..."}`` naming the problem; an
 unexpected failure is a JSON 500. Memory and time are bounded whatever clients send
@@ -22,9 +32,11 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any, BinaryIO
 
+import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -35,11 +47,22 @@ from starlette.requests import ClientDisconnect
 
 from mnistlab import __version__
 from mnistlab.errors import ImageError
+from mnistlab.handwriting.adapt import PersonalRecognizer
 from mnistlab.handwriting.preprocess import (
     WORK_MAX_SIDE,
     decode_cost,
     decode_opened,
     open_image,
+    preprocess_image,
+)
+from mnistlab.handwriting.profiles import (
+    DEFAULT_PROFILE,
+    ProfileError,
+    ProfileLimitError,
+    ProfileStore,
+    UnknownProfileError,
+    check_label,
+    check_name,
 )
 from mnistlab.handwriting.recognizer import Prediction, Recognizer, parse_pixel_array
 from mnistlab.serve import limits
@@ -66,36 +89,66 @@ __all__ = ["MAX_BODY_BYTES", "MAX_JSON_BYTES", "create_app", "run_server"]
 IMAGE_FORMATS = ("PNG", "JPEG")
 """What the API decodes: what canvases (PNG) and phones and cameras (JPEG) send."""
 
-PREDICT_BODY_DOC: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                    "required": ["file"],
-                }
-            },
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "pixels": {
-                            "description": "28x28 nested list or 784 numbers, 0..255, "
-                            "white digit on black",
-                            "type": "array",
+_PROFILE_DOC = {
+    "type": "string",
+    "default": DEFAULT_PROFILE,
+    "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+    "description": "whose taught examples to read with; another name than 'default' must "
+    "have been taught first (404 otherwise)",
+}
+_LABEL_DOC = {"type": "integer", "minimum": 0, "maximum": 9, "description": "the true digit"}
+
+
+def _body_doc(*, teach: bool) -> dict[str, Any]:
+    """The OpenAPI text of /api/predict's (``teach``: /api/teach's) body and query."""
+    fields = {"profile": _PROFILE_DOC, **({"label": _LABEL_DOC} if teach else {})}
+    query = [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "schema": schema,
+            "description": "the same as the body field (for raw image bodies)",
+        }
+        for name, schema in fields.items()
+    ]
+    return {
+        "parameters": query,
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"file": {"type": "string", "format": "binary"}, **fields},
+                        "required": ["file"],
+                    }
+                },
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "pixels": {
+                                "description": "28x28 nested list or 784 numbers, 0..255, "
+                                "white digit on black",
+                                "type": "array",
+                            },
+                            "preprocess": {"type": "boolean", "default": False},
+                            **fields,
                         },
-                        "preprocess": {"type": "boolean", "default": False},
-                    },
-                    "required": ["pixels"],
-                }
+                        "required": ["pixels"],
+                    }
+                },
             },
         },
     }
-}
+
+
+PREDICT_BODY_DOC: dict[str, Any] = _body_doc(teach=False)
+TEACH_BODY_DOC: dict[str, Any] = _body_doc(teach=True)
+"""/api/teach's body: predict's inputs plus a label (required, unless given as ?label=)."""
 
 
 # ------------------------------------------------------------------------ middleware
@@ -254,21 +307,27 @@ class HeadAsGetMiddleware:
 def create_app(
     model_path: str | os.PathLike[str] | None = None,
     *,
+    profiles_db: str | os.PathLike[str] | None = None,
     decode_budget_bytes: int = DECODE_BUDGET_BYTES,
     decode_slots: int | None = None,
     body_grace_s: float = BODY_GRACE_S,
     body_min_rate: float = BODY_MIN_RATE,
 ) -> FastAPI:
-    """Build the app around one model (the bundled one by default)."""
+    """Build the app around one model (the bundled one by default) and one profiles
+    database (``profiles_db``; ``$MNISTLAB_HOME/profiles.sqlite`` by default), which is
+    only created when someone first teaches."""
     PngImagePlugin.MAX_TEXT_MEMORY = min(PngImagePlugin.MAX_TEXT_MEMORY, PNG_TEXT_BYTES)
     recognizer = Recognizer.from_path(model_path)
+    personal = PersonalRecognizer(recognizer, ProfileStore(profiles_db, create=False))
     budget = DecodeBudget(decode_budget_bytes, decode_slots or limits.decode_slots())
     app = FastAPI(
         title="mnistlab",
         version=__version__,
-        description="Recognize handwritten digits: draw one at / or POST to /api/predict.",
+        description="Recognize handwritten digits: draw one at / or POST to /api/predict; "
+        "correct a misread one with POST /api/teach.",
     )
     app.state.decode_budget = budget
+    app.state.personal = personal
     app.add_middleware(
         BodyLimitMiddleware, limit=MAX_BODY_BYTES, grace_s=body_grace_s, min_rate=body_min_rate
     )
@@ -286,42 +345,46 @@ def create_app(
 
     @app.post("/api/predict", openapi_extra=PREDICT_BODY_DOC)
     async def predict(request: Request) -> dict[str, Any]:
-        """Recognize one digit; answers the digit, its ten probabilities and the 28x28 input."""
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type == "multipart/form-data":
-            form = await _parse_multipart(request)
-            try:
-                upload = form.get("file")
-                if not isinstance(upload, UploadFile):
-                    raise HTTPException(
-                        422, "multipart body needs a 'file' field holding the image"
-                    )
-                name = upload.filename or "upload"
-                prediction = await _recognize_upload(recognizer, budget, upload.file, name)
-            finally:
-                await form.close()
-        elif content_type.startswith("image/"):
-            with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as body:
-                async for chunk in request.stream():
-                    body.write(chunk)
-                prediction = await _recognize_upload(recognizer, budget, body, "body")
-        elif content_type == "application/json":
-            pixels, preprocess = _pixels_from_json(await _read_json_body(request))
-            if preprocess:
-                prediction = await run_in_threadpool(recognizer.recognize_image, pixels, "pixels")
-            else:
-                prediction = await run_in_threadpool(recognizer.recognize_pixels, pixels)
-        else:
-            raise HTTPException(
-                415,
-                f"unsupported content type {content_type or '(none)'!r}: send multipart/form-data "
-                "with a 'file' field, an image/png or image/jpeg body, or JSON {\"pixels\": ...}",
-            )
-        return prediction.to_json(top_k=3)
+        """Recognize one digit, read with a profile ("default" unless given); answers the
+        digit, its ten probabilities, the 28x28 input and the profile. 404 for a profile
+        never taught."""
+        async with _request_input(request) as given:
+            profile = _profile_field(request, given.fields)
+            await run_in_threadpool(_check_known, personal, profile)  # before decoding
+            pixels = await given.pixels(budget)
+        prediction = await run_in_threadpool(personal.recognize_pixels, pixels, profile)
+        return {**prediction.to_json(top_k=3), "profile": profile}
+
+    @app.post("/api/teach", openapi_extra=TEACH_BODY_DOC)
+    async def teach(request: Request) -> dict[str, Any]:
+        """Teach one digit: the input (as for /api/predict) is preprocessed, and the 28x28
+        image the model saw is stored with ``label`` under the profile (created if new).
+        Answers how it reads now, plus ``taught``: profile, label, examples it now holds."""
+        async with _request_input(request) as given:
+            profile = _profile_field(request, given.fields)
+            label = _label_field(request, given.fields)
+            pixels = await given.pixels(budget)
+        prediction, examples = await run_in_threadpool(_teach_one, personal, pixels, label, profile)
+        taught = {"profile": profile, "label": label, "examples": examples}
+        return {**prediction.to_json(top_k=3), "profile": profile, "taught": taught}
 
     @app.exception_handler(ImageError)
     async def image_error(_: Request, error: ImageError) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=422)
+
+    @app.exception_handler(UnknownProfileError)
+    async def unknown_profile(_: Request, error: UnknownProfileError) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=404)  # forgotten meanwhile
+
+    @app.exception_handler(ProfileLimitError)
+    async def too_many_profiles(_: Request, error: ProfileLimitError) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=409)
+
+    @app.exception_handler(ProfileError)
+    async def profile_database_error(_: Request, error: ProfileError) -> JSONResponse:
+        # Names and labels are checked in the routes (422): what is left is the server's
+        # database (unreadable, not a profile database, locked past the busy timeout).
+        return JSONResponse({"detail": f"profile database error: {error}"}, status_code=500)
 
     @app.exception_handler(Exception)
     async def unexpected_error(_: Request, error: Exception) -> JSONResponse:
@@ -330,6 +393,133 @@ def create_app(
         )
 
     return app
+
+
+# ----------------------------------------------------------------- request inputs
+
+
+class _Input:
+    """What a predict or teach request carries: its other fields (form fields or JSON
+    keys, each a list of the values given) and the digit, not yet decoded."""
+
+    def __init__(
+        self,
+        fields: dict[str, list[Any]],
+        *,
+        upload: BinaryIO | None = None,
+        name: str = "upload",
+        pixels: np.ndarray | None = None,
+        preprocess: bool = False,
+    ) -> None:
+        self.fields = fields
+        self._upload = upload
+        self._name = name
+        self._pixels = pixels
+        self._preprocess = preprocess
+
+    async def pixels(self, budget: DecodeBudget) -> np.ndarray:
+        """The 28x28 MNIST-form image the model reads: an upload decoded and preprocessed
+        under the decode budget, JSON pixels preprocessed only when asked."""
+        if self._upload is not None:
+            return await _upload_pixels(budget, self._upload, self._name)
+        assert self._pixels is not None
+        if self._preprocess:
+            return await run_in_threadpool(preprocess_image, self._pixels, name="pixels")
+        return self._pixels
+
+
+@contextlib.asynccontextmanager
+async def _request_input(request: Request) -> AsyncIterator[_Input]:
+    """Read a request body by its content type (multipart with a 'file' field, a raw
+    image, or JSON pixels); what is spooled is closed on leaving."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        form = await _parse_multipart(request)
+        try:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise HTTPException(422, "multipart body needs a 'file' field holding the image")
+            fields: dict[str, list[Any]] = {}
+            for key, value in form.multi_items():
+                if key != "file":
+                    fields.setdefault(key, []).append(value)
+            yield _Input(fields, upload=upload.file, name=upload.filename or "upload")
+        finally:
+            await form.close()
+    elif content_type.startswith("image/"):
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as body:
+            async for chunk in request.stream():
+                body.write(chunk)
+            yield _Input({}, upload=body, name="body")
+    elif content_type == "application/json":
+        payload = _json_object(await _read_json_body(request))
+        pixels, preprocess = _pixels_from_json(payload)
+        fields = {key: [value] for key, value in payload.items()}
+        yield _Input(fields, pixels=pixels, preprocess=preprocess)
+    else:
+        raise HTTPException(
+            415,
+            f"unsupported content type {content_type or '(none)'!r}: send multipart/form-data "
+            "with a 'file' field, an image/png or image/jpeg body, or JSON {\"pixels\": ...}",
+        )
+
+
+_MISSING = object()
+
+
+def _field(request: Request, fields: dict[str, list[Any]], key: str) -> Any:
+    """The one value of ``key``, from the body's fields or the query string (both may
+    carry it if they agree); ``_MISSING`` when neither does."""
+    values = [*fields.get(key, []), *request.query_params.getlist(key)]
+    if not values:
+        return _MISSING
+    if any(value != values[0] or type(value) is not type(values[0]) for value in values[1:]):
+        raise HTTPException(422, f"{key}: given {len(values)} times with different values")
+    return values[0]
+
+
+def _profile_field(request: Request, fields: dict[str, list[Any]]) -> str:
+    """The request's valid profile name ("default" when none is given), else a 422."""
+    value = _field(request, fields, "profile")
+    if value is _MISSING:
+        return DEFAULT_PROFILE
+    try:
+        return check_name(value)
+    except ProfileError as error:
+        raise HTTPException(422, str(error)) from None
+
+
+def _label_field(request: Request, fields: dict[str, list[Any]]) -> int:
+    """The request's label, a digit 0..9, else a 422 saying what is allowed."""
+    value = _field(request, fields, "label")
+    if value is _MISSING:
+        raise HTTPException(
+            422, "label: missing; send the true digit 0..9 as a form field, JSON field or ?label="
+        )
+    try:
+        return check_label(value)
+    except ProfileError as error:
+        raise HTTPException(422, str(error)) from None
+
+
+def _check_known(personal: PersonalRecognizer, profile: str) -> None:
+    """A 404 for a profile that cannot be read with (any but "default", never taught)."""
+    try:
+        personal.memory(profile)
+    except UnknownProfileError:
+        raise HTTPException(
+            404,
+            f"profile {profile!r} has not been taught yet: teach it a digit first "
+            "(POST /api/teach), or leave the profile out for the default one",
+        ) from None
+
+
+def _teach_one(
+    personal: PersonalRecognizer, pixels: np.ndarray, label: int, profile: str
+) -> tuple[Prediction, int]:
+    """Store one example; its reading now, and how many examples the profile holds."""
+    [prediction] = personal.teach(pixels[None], [label], profile)
+    return prediction, personal.store.info(profile).examples
 
 
 class _SmallSpoolParser(MultiPartParser):
@@ -348,17 +538,16 @@ async def _parse_multipart(request: Request) -> Any:
         raise HTTPException(400, f"malformed multipart body: {error}") from error
 
 
-async def _recognize_upload(
-    recognizer: Recognizer, budget: DecodeBudget, data: BinaryIO, name: str
-) -> Prediction:
+async def _upload_pixels(budget: DecodeBudget, data: BinaryIO, name: str) -> np.ndarray:
     """Read the image's header to learn what decoding it costs, then, once the budget has
-    room for that, decode and recognize it in a worker thread. The header is read again
-    for the decode: what Pillow keeps of it (JPEG APP segments: up to the whole file) is
-    not held by requests waiting in line."""
+    room for that, decode and preprocess it in a worker thread (to the 28x28 image the
+    model reads, a few hundred bytes, so recognizing and teaching hold no budget). The
+    header is read again for the decode: what Pillow keeps of it (JPEG APP segments: up to
+    the whole file) is not held by requests waiting in line."""
     async with budget.hold(OPEN_BYTES):
         cost = await run_in_threadpool(_decode_cost, data, name, budget.total_bytes)
     async with budget.hold(cost):
-        return await run_in_threadpool(_decode_and_recognize, recognizer, data, name)
+        return await run_in_threadpool(_decode_and_preprocess, data, name)
 
 
 def _decode_cost(data: BinaryIO, name: str, allowed: int) -> int:
@@ -380,10 +569,10 @@ def _decode_cost(data: BinaryIO, name: str, allowed: int) -> int:
     return cost
 
 
-def _decode_and_recognize(recognizer: Recognizer, data: BinaryIO, name: str) -> Prediction:
+def _decode_and_preprocess(data: BinaryIO, name: str) -> np.ndarray:
     image = open_image(data, name=name, formats=IMAGE_FORMATS)
     decoded = decode_opened(image, name=name, max_side=WORK_MAX_SIDE)
-    return recognizer.recognize_image(decoded, name=name)
+    return preprocess_image(decoded, name=name)
 
 
 async def _read_json_body(request: Request) -> bytes:
@@ -401,7 +590,7 @@ async def _read_json_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _pixels_from_json(body: bytes) -> tuple[Any, bool]:
+def _json_object(body: bytes) -> dict[str, Any]:
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
@@ -410,6 +599,10 @@ def _pixels_from_json(body: bytes) -> tuple[Any, bool]:
         raise HTTPException(400, "malformed JSON: nested too deeply") from None
     if not isinstance(payload, dict) or "pixels" not in payload:
         raise HTTPException(422, "JSON body must be an object with a 'pixels' field")
+    return payload
+
+
+def _pixels_from_json(payload: dict[str, Any]) -> tuple[np.ndarray, bool]:
     preprocess = payload.get("preprocess", False)
     if not isinstance(preprocess, bool):
         raise HTTPException(422, "'preprocess' must be true or false")
