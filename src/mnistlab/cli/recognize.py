@@ -55,11 +55,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "serve",
         help="draw-a-digit page and JSON API",
         description="Serve a page to draw digits on and a JSON API (POST /api/predict, "
-        "GET /api/health, docs at /docs). Needs the serve extra.",
+        "POST /api/teach, GET /api/health, docs at /docs). Needs the serve extra.",
     )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=port, default=8000, help="(default: 8000)")
     serve.add_argument("--model", type=Path, help="saved model (default: the bundled one)")
+    serve.add_argument(
+        "--db", type=Path, metavar="PATH",
+        help="profiles database, made when the page first teaches "
+        "(default: $MNISTLAB_HOME/profiles.sqlite)",
+    )  # fmt: skip
     serve.set_defaults(func=cmd_serve)
 
 
@@ -128,7 +133,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ) from error
     check_address(args.host, args.port)
     with about("--model" if args.model else None):
-        app = create_app(args.model)
+        app = create_app(args.model, profiles_db=args.db)
     print(f"mnistlab: draw a digit at http://{args.host}:{args.port}/  (API docs at /docs)")
     run_server(app, host=args.host, port=args.port)  # uvicorn with the limits of serve.limits
     return 0
