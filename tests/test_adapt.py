@@ -17,7 +17,7 @@ from mnistlab.handwriting.profiles import ProfileStore, UnknownProfileError
 from mnistlab.handwriting.recognizer import Recognizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import writers_set  # noqa: E402
+import writers_set
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +133,31 @@ def test_only_the_default_profile_exists_without_teaching(personal, test_digits)
     x, _ = test_digits
     with pytest.raises(UnknownProfileError, match="'nobody'"):
         personal.recognize_pixels(x[0], "nobody")
+
+
+def test_writers_keep_their_habits_across_their_digits():
+    rng = np.random.default_rng(5)
+    hand = writers_set.make_hand(rng)
+    digits = writers_set.write_digits(hand, [1, 1, 7], rng)
+    assert [d.style for d in digits] == [hand.styles[1], hand.styles[1], hand.styles[7]]
+    assert {d.render for d in digits} == {hand.render}
+    assert digits[0].data != digits[1].data  # the same habits, not the same picture
+
+
+def test_the_teaching_benchmark_runs_on_a_tiny_slice(tmp_path):
+    import json
+    import subprocess
+
+    out = tmp_path / "teach.json"
+    done = subprocess.run(
+        [sys.executable, str(Path(writers_set.__file__).parent / "bench_teach.py"),
+         "--writers", "3", "--per-digit", "2", "--repeat", "5", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(out.read_text())
+    for k in ("1", "3", "5"):
+        row = figures["result"]["k"][k]
+        assert set(row["per_digit"]) == {str(d) for d in range(10)}
+        assert 0 <= row["all"]["before"] <= 1 and 0 <= row["all"]["after"] <= 1
+    assert figures["cost"]["teach_p99_ms"] > 0 and figures["cost"]["full_profile"] == 500
+    assert "untaught digits" in done.stdout and "cost" in done.stdout

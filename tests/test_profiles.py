@@ -86,7 +86,7 @@ def test_good_names():
 
 @pytest.mark.parametrize("label", [10, -1, True, "x", "12", 1.0, None, "٣"])
 def test_a_label_must_be_a_digit(store, label):
-    with pytest.raises(ProfileError, match="must be a digit 0..9"):
+    with pytest.raises(ProfileError, match=r"must be a digit 0\.\.9"):
         store.teach("anna", digits(1), [label])
     assert store.revision("anna") is None  # nothing stored
 
@@ -168,7 +168,7 @@ def test_a_reader_never_creates_the_file(tmp_path):
 def test_a_file_that_is_not_a_profile_database_is_refused(tmp_path):
     junk = tmp_path / "junk.sqlite"
     junk.write_bytes(b"not sqlite at all" * 100)
-    with pytest.raises(ProfileError, match="junk.sqlite"):
+    with pytest.raises(ProfileError, match=r"junk\.sqlite"):
         ProfileStore(junk)
     other = tmp_path / "other.sqlite"
     with sqlite3.connect(other) as db:
@@ -276,7 +276,7 @@ def test_a_file_of_another_format_or_name_is_refused(store, tmp_path):
 def test_files_that_are_not_profiles_at_all(store, tmp_path):
     text = tmp_path / "notes.safetensors"
     text.write_text("hello")
-    with pytest.raises(ProfileError, match="notes.safetensors"):
+    with pytest.raises(ProfileError, match=r"notes\.safetensors"):
         store.import_file(text)
     with pytest.raises(ProfileError, match="not a regular file"):
         store.import_file("/dev/zero")
