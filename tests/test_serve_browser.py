@@ -1,4 +1,5 @@
-"""A real browser draws a digit on the page, stroke by stroke, and reads the answer."""
+"""A real browser draws a digit on the page, stroke by stroke, reads the answer, and
+corrects it with the "Wrong? It was:" buttons."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ pytest.importorskip("fastapi")
 playwright_api = pytest.importorskip("playwright.sync_api")
 import uvicorn  # noqa: E402
 
+from mnistlab.handwriting.profiles import ProfileStore  # noqa: E402
 from mnistlab.serve.app import create_app  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -35,13 +37,18 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def server_url():
+def profiles_db(tmp_path_factory) -> Path:
+    """The server's profiles database: a temporary one, never the user's."""
+    return tmp_path_factory.mktemp("profiles") / "profiles.sqlite"
+
+
+@pytest.fixture(scope="module")
+def server_url(profiles_db):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")
-    )
+    app = create_app(profiles_db=profiles_db)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -110,3 +117,38 @@ def test_drawing_digits_shows_the_recognized_digit(server_url, tmp_path):
             assert "best" in (bars.nth(0).get_attribute("class") or "")
         finally:
             browser.close()
+
+
+def test_tapping_the_right_digit_teaches_the_profile(server_url, profiles_db, tmp_path):
+    """A correction: draw a 1, say it was a 7; the answer turns to 7 at once, and the same
+    drawing reads as 7 again with that profile (a fresh name, so "default" stays empty)."""
+    expect = playwright_api.expect
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 760})
+            page.goto(server_url)
+            seven = page.get_by_role("button", name="It was a 7: teach this drawing as 7")
+            expect(seven).to_be_disabled()  # nothing to teach before an answer
+            page.get_by_label("Profile").fill("browser-test")
+            page.get_by_label("Profile").blur()  # 'change' fires: the name is stored
+            page.click("#clear")
+            draw(page, STROKES["1"])
+            expect(page.locator("#digit")).to_have_text("1", timeout=10_000)
+            expect(page.locator("#note")).to_contain_text("browser-test is new")  # its 404
+            seven.click()
+            expect(page.locator("#digit")).to_have_text("7", timeout=10_000)
+            expect(page.locator("#note")).to_have_text(
+                "Taught 7: now 1 example in profile browser-test."
+            )
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(artifacts_dir(tmp_path) / "taught-7.png"))
+            page.click("#clear")
+            draw(page, STROKES["1"])  # the same strokes: the same 28x28 image
+            expect(page.locator("#digit")).to_have_text("7", timeout=10_000)
+            assert page.evaluate("localStorage.getItem('mnistlab.profile')") == "browser-test"
+            page.reload()  # the name is remembered
+            expect(page.get_by_label("Profile")).to_have_value("browser-test")
+        finally:
+            browser.close()
+    assert ProfileStore(profiles_db).info("browser-test").per_digit[7] == 1
