@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import safetensors.numpy
 
+from mnistlab.handwriting import profiles
 from mnistlab.handwriting.profiles import (
     MAX_EXAMPLES,
     ProfileError,
@@ -286,3 +288,38 @@ def test_files_that_are_not_profiles_at_all(store, tmp_path):
     big.write_bytes(b"\0" * (5 << 20))
     with pytest.raises(ProfileError, match="too large"):
         store.import_file(big)
+
+
+def _hold_exclusively(path: Path) -> sqlite3.Connection:
+    """Another process's connection holding the file in exclusive locking mode: SQLite
+    answers "database is locked" at once, without waiting, as it does for a moment while
+    the last connection closes and tidies the WAL."""
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("COMMIT")  # the lock stays until the connection closes
+    return holder
+
+
+def test_a_call_that_finds_the_database_busy_is_retried_until_it_is_free(store):
+    store.teach("anna", digits(1), [1])
+    holder = _hold_exclusively(store.path)
+    release = threading.Timer(0.3, holder.close)
+    release.start()
+    try:
+        store.teach("anna", digits(1, start=1), [2])
+    finally:
+        release.join()
+    assert store.info("anna").examples == 2
+
+
+def test_a_database_busy_past_the_timeout_is_one_clear_error(store, monkeypatch):
+    store.teach("anna", digits(1), [1])
+    monkeypatch.setattr(profiles, "BUSY_TIMEOUT_S", 0.3)
+    holder = _hold_exclusively(store.path)
+    try:
+        with pytest.raises(ProfileError, match=r"locked.* for over 0\.3 s; another process"):
+            store.teach("anna", digits(1, start=1), [2])
+    finally:
+        holder.close()
+    assert store.info("anna").examples == 1  # nothing half-written

@@ -4,9 +4,11 @@ A profile is a name ("default" unless given) and the examples taught under it: t
 image the model saw (after preprocessing), the label the person gave and when. The file
 (``$MNISTLAB_HOME/profiles.sqlite`` by default) is in WAL mode, so several server workers
 and CLI processes can read and teach at once: each write is one ``BEGIN IMMEDIATE``
-transaction, readers never block it, and a writer waits up to ``BUSY_TIMEOUT_S`` for
-another. Every change bumps the profile's ``revision``, which is how a process that keeps
-the examples' features in memory (``handwriting.adapt``) learns that another one taught.
+transaction, readers never block it, and a call that finds the file busy (another
+process writing, or closing the last connection and tidying the WAL, which SQLite answers
+with "database is locked" at once) is retried whole for up to ``BUSY_TIMEOUT_S``.
+Every change bumps the profile's ``revision``, which is how a process that keeps the
+examples' features in memory (``handwriting.adapt``) learns that another one taught.
 
 Bounded, whatever is asked: at most ``MAX_EXAMPLES`` examples a profile (teaching past it
 drops that profile's oldest) and ``MAX_PROFILES`` profiles (a new one past it is refused).
@@ -20,14 +22,16 @@ Export and import use a small safetensors file (images uint8 (n, 28, 28), labels
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 import safetensors.numpy
@@ -46,8 +50,8 @@ MAX_PROFILES = 1000
 """Profiles in one database; creating one more is refused until one is forgotten."""
 MAX_TEACH = 100
 """Examples one teach call may add (a request's worth)."""
-BUSY_TIMEOUT_S = 10.0
-"""How long a write waits for another process's write to finish."""
+BUSY_TIMEOUT_S = 30.0
+"""How long a call waits for the database to be free before it gives up with an error."""
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _SCHEMA_VERSION = 1
@@ -57,6 +61,44 @@ _MAX_EXPORT_BYTES = 1 << 22  # MAX_EXAMPLES examples take under 400 KiB
 
 class ProfileError(MnistlabError, ValueError):
     """A bad profile name, label or file, or a profile database that cannot be used."""
+
+
+class _Busy(ProfileError):
+    """SQLite said busy or locked: the whole call is retried (see ``_retry_busy``)."""
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _retry_busy(call: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``call`` again while the database is busy, for up to ``BUSY_TIMEOUT_S``. Safe
+    because each call is one transaction (rolled back when it fails) or only reads."""
+
+    @functools.wraps(call)
+    def retrying(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        pause = 0.002
+        while True:
+            try:
+                return call(*args, **kwargs)
+            except _Busy as busy:
+                if time.monotonic() + pause > deadline:
+                    raise ProfileError(
+                        f"{busy} for over {BUSY_TIMEOUT_S:g} s; another process holds the "
+                        "database: try again when it is done"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.1)
+
+    return retrying
+
+
+def _is_busy(error: sqlite3.Error) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(error) or "busy" in str(error)
 
 
 class UnknownProfileError(ProfileError, LookupError):
@@ -145,6 +187,7 @@ class ProfileStore:
         """Whether the database file is there (a reader treats a missing one as empty)."""
         return self.path.is_file()
 
+    @_retry_busy
     def revision(self, name: str) -> tuple[int, int] | None:
         """(profile id, revision) of ``name``: changes whenever its examples do; None if
         there is no such profile (or no database yet)."""
@@ -156,6 +199,7 @@ class ProfileStore:
             ).fetchone()
         return None if row is None else (int(row[0]), int(row[1]))
 
+    @_retry_busy
     def examples(self, name: str, after_id: int = 0) -> Examples:
         """The examples of ``name`` (those with id > ``after_id``), oldest first;
         UnknownProfileError if there is no such profile."""
@@ -169,6 +213,7 @@ class ProfileStore:
             ).fetchall()
         return _examples(rows, self.path)
 
+    @_retry_busy
     def example_ids(self, name: str) -> np.ndarray:
         """The ids of ``name``'s examples, oldest first (cheap: no images)."""
         self._must_exist(name)
@@ -179,6 +224,7 @@ class ProfileStore:
             ).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
 
+    @_retry_busy
     def info(self, name: str) -> ProfileInfo:
         """The summary of one profile; UnknownProfileError if there is none."""
         self._must_exist(name)
@@ -191,6 +237,7 @@ class ProfileStore:
                 raise self._unknown(name)
             return self._info(db, row)
 
+    @_retry_busy
     def list(self) -> list[ProfileInfo]:
         """Every profile, by name."""
         if not self.exists():
@@ -203,6 +250,7 @@ class ProfileStore:
 
     # ------------------------------------------------------------------ writing
 
+    @_retry_busy
     def teach(self, name: str, images: np.ndarray, labels: Sequence[int]) -> list[int]:
         """Add examples to ``name`` (created if new) in one transaction; returns their ids.
         An image identical to one already there replaces it (teaching the same picture
@@ -243,6 +291,7 @@ class ProfileStore:
             self._touch(db, profile_id, now)
         return ids[-self.max_examples :]
 
+    @_retry_busy
     def forget(self, name: str) -> int:
         """Delete a profile and its examples; returns how many examples it had."""
         self._must_exist(name)
@@ -268,6 +317,7 @@ class ProfileStore:
         atomic_write_bytes(path, safetensors.numpy.save(tensors, metadata=metadata))
         return info
 
+    @_retry_busy
     def import_file(
         self, path: str | os.PathLike[str], name: str | None = None, *, replace: bool = False
     ) -> ProfileInfo:
@@ -301,6 +351,7 @@ class ProfileStore:
 
     # ---------------------------------------------------------------- internals
 
+    @_retry_busy
     def _create(self) -> None:
         """Make the file and its tables if they are not there, in WAL mode; refuse a file
         that is some other database. Two processes creating at once queue on the lock."""
@@ -317,13 +368,15 @@ class ProfileStore:
                     "choose another file with --db"
                 )
         with self._connect() as db:  # WAL persists in the file; readers then never block
-            db.execute("PRAGMA journal_mode=WAL")
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode=WAL")  # a no-op where the disk cannot
         self._created = True
 
     @contextlib.contextmanager
     def _connect(self, mode: str = "rw") -> Iterator[sqlite3.Connection]:
         """A connection for one call (autocommit; foreign keys on), closed afterwards;
-        SQLite's errors become one ProfileError naming the file. Only ``_create`` makes the
+        SQLite's errors become one ProfileError naming the file (``_Busy`` when it is only
+        busy, for ``_retry_busy`` to try again). Only ``_create`` makes the
         file (``mode="rwc"``): a reader never leaves an empty database behind."""
         if mode == "rw" and not self.exists():
             raise ProfileError(f"{self.path}: no profile database here (teaching creates one)")
@@ -336,7 +389,8 @@ class ProfileStore:
             db.execute("PRAGMA foreign_keys=ON")
             yield db
         except sqlite3.DatabaseError as error:
-            raise ProfileError(f"{self.path}: profile database error ({error})") from None
+            kind = _Busy if _is_busy(error) else ProfileError
+            raise kind(f"{self.path}: profile database error ({error})") from None
         finally:
             db.close()
 

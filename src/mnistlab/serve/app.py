@@ -384,7 +384,7 @@ def create_app(
     async def profile_database_error(_: Request, error: ProfileError) -> JSONResponse:
         # Names and labels are checked in the routes (422): what is left is the server's
         # database (unreadable, not a profile database, locked past the busy timeout).
-        return JSONResponse({"detail": f"profile database error: {error}"}, status_code=500)
+        return JSONResponse({"detail": str(error)}, status_code=500)
 
     @app.exception_handler(Exception)
     async def unexpected_error(_: Request, error: Exception) -> JSONResponse:
