@@ -183,6 +183,22 @@ def test_specks_are_ignored() -> None:
     assert np.abs(with_specks.astype(int) - preprocess_image(zero_digit()).astype(int)).max() < 40
 
 
+def test_a_stroke_that_fades_along_its_length_stays_whole() -> None:
+    """A low-resolution scan's strokes fade where they cross its pixels unluckily; the
+    faint stretch continues the stroke, so it is kept (hysteresis), while faint ink that
+    touches no stroke is not."""
+    img, draw = white_canvas((200, 240))
+    draw.rectangle((90, 40, 110, 120), fill=0)  # the strong half of a "1"
+    draw.rectangle((90, 121, 110, 200), fill=170)  # its faint half, still one stroke
+    draw.rectangle((20, 100, 40, 200), fill=170)  # a faint smudge apart from it
+    out = preprocess_image(img)
+    assert_mnist_like(out)
+    height, width = ink_bbox(out, level=20)
+    # The whole bar (161x21 px) scaled to 20 px high is 3 px wide; its strong half alone
+    # would be 5 px wide, and with the smudge the ink would be wider than high.
+    assert (height, width) == (20, 3)
+
+
 def test_numpy_inputs_match_pil() -> None:
     img = zero_digit(size=(300, 300), box=(60, 50, 200, 250), width=16)
     expected = preprocess_image(img)

@@ -32,6 +32,7 @@ import io
 import math
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -79,6 +80,7 @@ _NOISE_SIGMAS = 4.0  # ink must stand this many local noise sigmas above the pap
 _MIN_CONTRAST = 0.05  # weaker "ink" than this (of full scale) counts as a blank image
 _MIN_SNR = 7.0  # ... and so does ink weaker than this many noise sigmas
 _SPECK_FRACTION = 0.03  # components lighter than this share of the largest are specks
+_FAINT_LINKED = 0.15  # faint ink this strong (of full) stays where it continues a stroke
 _MIN_STROKE_PX = 1.0  # strokes thinner than this in the 20 px box get thickened ...
 _TARGET_STROKE_PX = 2.2  # ... to about this width (MNIST's median is about 2.4)
 _THICKEN_SCALE = 4  # thickening happens at this multiple of the final resolution
@@ -234,8 +236,11 @@ def preprocess_image(image: Image.Image | np.ndarray, *, name: str = "image") ->
     kept = _drop_specks(ink >= 0.5, ink)
     if not kept.any():
         raise ImageError(f"{name}: no ink found (the image looks blank)")
+    # Faint ink stays near the strokes (their soft edges) and where it continues them: a
+    # low-resolution scan's strokes fade in and out along their length.
     radius = max(2, round(max(ink.shape) / 200))
-    ink = np.where(_dilate(kept, radius), ink, 0.0).astype(np.float32)
+    near = _dilate(kept, radius) | _connected_to(kept, ink >= _FAINT_LINKED)
+    ink = np.where(near, ink, 0.0).astype(np.float32)
     top, bottom, left, right = _bbox(ink > 0)
     patch = ink[top:bottom, left:right]
     stroke = _stroke_width(kept[top:bottom, left:right])
@@ -787,13 +792,33 @@ def _otsu(values: np.ndarray) -> float:
 # ----------------------------------------------------------------- specks, bbox, strokes
 
 
-def _drop_specks(mask: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Keep the 8-connected components of ``mask`` whose ink is at least
-    ``_SPECK_FRACTION`` of the heaviest component's; return the cleaned mask.
+@dataclass(frozen=True)
+class _Runs:
+    """The horizontal runs of a mask and the 8-connected component each belongs to."""
 
-    Components are found on horizontal runs with a union-find, so the Python loop runs
-    over runs (a few per row), not pixels.
-    """
+    row: np.ndarray  # (n,) the run's row
+    start: np.ndarray  # (n,) its first column
+    end: np.ndarray  # (n,) one past its last column
+    label: np.ndarray  # (n,) its component, 0..components-1
+
+    def paint(self, keep: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """The mask of the runs where ``keep`` (n,) is True."""
+        h, w = shape
+        marks = np.zeros((h, w + 1), dtype=np.int32)
+        np.add.at(marks, (self.row[keep], self.start[keep]), 1)
+        np.add.at(marks, (self.row[keep], self.end[keep]), -1)
+        return np.cumsum(marks, axis=1)[:, :w] > 0
+
+    def sums(self, values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """(n,) each run's sum of ``values`` (over the mask's pixels only)."""
+        w = mask.shape[1]
+        inside = np.where(mask, values, 0.0).ravel()  # the gaps between runs add nothing
+        return np.add.reduceat(inside, self.row * w + self.start, dtype=np.float64)
+
+
+def _runs(mask: np.ndarray) -> _Runs:
+    """Label the 8-connected components of ``mask`` on its horizontal runs, with a
+    union-find: the Python loop runs over runs (a few per row), not pixels."""
     h, w = mask.shape
     padded = np.zeros((h, w + 2), dtype=np.int8)
     padded[:, 1:-1] = mask
@@ -803,8 +828,6 @@ def _drop_specks(mask: np.ndarray, weight: np.ndarray) -> np.ndarray:
     run_row, run_start = np.divmod(changes[rising], w + 1)
     run_end = changes[~rising] % (w + 1)
     n = run_row.size
-    if n == 0:
-        return np.zeros_like(mask)
     parent = list(range(n))
 
     def find(i: int) -> int:
@@ -826,20 +849,33 @@ def _drop_specks(mask: np.ndarray, weight: np.ndarray) -> np.ndarray:
                 i += 1
             else:
                 j += 1
-    roots = np.array([find(i) for i in range(n)])
+    roots = np.array([find(i) for i in range(n)], dtype=np.intp)
     _, labels = np.unique(roots, return_inverse=True)
-    # Each run's ink: sums from one run's start to the next's, over the weight with
-    # everything outside the mask zeroed (so the gaps between runs add nothing).
-    inked = np.where(mask, weight, 0.0).ravel()
-    run_mass = np.add.reduceat(inked, run_row * w + run_start, dtype=np.float64)
-    mass = np.bincount(labels, weights=run_mass)
-    keep_run = mass[labels] >= _SPECK_FRACTION * mass.max()
+    return _Runs(run_row, run_start, run_end, labels.reshape(-1))
+
+
+def _drop_specks(mask: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Keep the 8-connected components of ``mask`` whose ink is at least
+    ``_SPECK_FRACTION`` of the heaviest component's; return the cleaned mask."""
+    runs = _runs(mask)
+    if runs.row.size == 0:
+        return np.zeros_like(mask)
+    mass = np.bincount(runs.label, weights=runs.sums(weight, mask))
+    keep_run = mass[runs.label] >= _SPECK_FRACTION * mass.max()
     if keep_run.all():  # no specks (the usual case): the mask as it is
         return mask.copy()
-    marks = np.zeros((h, w + 1), dtype=np.int32)
-    np.add.at(marks, (run_row[keep_run], run_start[keep_run]), 1)
-    np.add.at(marks, (run_row[keep_run], run_end[keep_run]), -1)
-    return np.cumsum(marks, axis=1)[:, :w] > 0
+    return runs.paint(keep_run, mask.shape)
+
+
+def _connected_to(strong: np.ndarray, weak: np.ndarray) -> np.ndarray:
+    """The pixels of ``weak`` in an 8-connected component that holds a ``strong`` pixel
+    (hysteresis, as Canny's edge linking): a faint stretch of a stroke stays with it, a
+    faint smudge apart from every stroke goes."""
+    runs = _runs(weak)
+    if runs.row.size == 0:
+        return np.zeros_like(weak)
+    touches = np.bincount(runs.label, weights=runs.sums(strong.astype(np.float64), weak)) > 0
+    return runs.paint(touches[runs.label], weak.shape)
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
