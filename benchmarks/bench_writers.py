@@ -12,6 +12,10 @@ the first ``--robust-count`` MNIST test digits (goal: within 1.5 points of clean
 is one ``decode_image`` + ``recognize_image`` of a file, in-process, p50 and p99 over
 ``--repeat`` calls, taking turns over 280x280 drawings and scans; phone photos (300-640 px
 JPEGs, where preprocessing dominates) are timed apart.
+
+With scikit-learn installed, real writers too: the UCI optdigits test set (13 writers on
+forms, outside MNIST; ``benchmarks/optdigits_set.py``) as small scans, per class
+(``--optdigits 0`` leaves it out).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+import optdigits_set
 from common import print_table
 from mnistlab.handwriting.preprocess import WORK_MAX_SIDE, decode_image, preprocess_image
 from mnistlab.handwriting.recognizer import Recognizer, bundled_model_path
@@ -48,6 +53,19 @@ def writers_inputs(count: int, seed: int):
     ])  # fmt: skip
     labels = np.array([d.label for d in digits])
     return seen, labels, [d.style for d in digits], [d.render for d in digits]
+
+
+def optdigits_inputs(count: int, seed: int):
+    """Preprocessed optdigits scans (n, 28, 28), labels, renders (empty without sklearn)."""
+    if not count or not optdigits_set.available():
+        return None
+    digits = optdigits_set.make_optdigits_set(count, seed)
+    seen = np.stack([
+        preprocess_image(decode_image(d.data, name=f"optdigits[{i}]", max_side=WORK_MAX_SIDE),
+                         name=f"optdigits[{i}]")
+        for i, d in enumerate(digits)
+    ])  # fmt: skip
+    return seen, np.array([d.label for d in digits]), np.array([d.render for d in digits])
 
 
 def robustness_inputs(digits: np.ndarray, seed: int) -> dict[str, np.ndarray]:
@@ -91,6 +109,7 @@ def run(
     mnist_count: int,
     robust_count: int,
     repeat: int,
+    optdigits: int = 0,
 ) -> dict:
     """Every measurement, as a JSON-safe dict (also printed as tables)."""
     from mnistlab.datasets import load_data
@@ -101,6 +120,9 @@ def run(
         f"writers set: {count} digits preprocessed in {time.perf_counter() - started:.1f} s",
         file=sys.stderr,
     )
+    real = optdigits_inputs(optdigits, seed)
+    if optdigits and real is None:
+        print("optdigits rows left out: `pip install scikit-learn` adds them", file=sys.stderr)
     _, (x_test, y_test) = load_data()
     x_test, y_test = x_test[:mnist_count], y_test[:mnist_count]
     robust = robustness_inputs(x_test[:robust_count], seed) if robust_count else {}
@@ -138,6 +160,18 @@ def run(
                 (int(a), int(b)) for a, b in zip(w_y, preds, strict=True) if a != b
             ).most_common(8)
         }
+        if real is not None:
+            o_x, o_y, o_render = real
+            o_ok = accuracy(rec, o_x, o_y)
+            r["optdigits"] = {
+                "n": len(o_y), "overall": float(o_ok.mean()),
+                "per_class": {d: float(o_ok[o_y == d].mean()) for d in range(10)},
+                "jpeg": float(o_ok[o_render == "scan_jpeg"].mean()),
+                "confusions": {f"{a}->{b}": n for (a, b), n in Counter(
+                    (int(a), int(b)) for a, b, k in zip(o_y, rec.probabilities(o_x).argmax(1),
+                                                        o_ok, strict=True) if not k
+                ).most_common(6)},
+            }  # fmt: skip
         r["mnist_test"] = float(accuracy(rec, x_test, y_test).mean())
         if robust:
             clean = float(accuracy(rec, x_test[:robust_count], y_test[:robust_count]).mean())
@@ -163,6 +197,14 @@ def _print(results: dict, mnist_count: int, robust_count: int) -> None:
     for k in RENDERS:
         if k in ms[0]["per_render"]:
             rows.append((f"  render {k}", *[f"{m['per_render'][k]:.3f}" for m in ms]))
+    if "optdigits" in ms[0]:
+        n = ms[0]["optdigits"]["n"]
+        rows.append((f"real writers: optdigits scans ({n:,})",
+                     *[f"{m['optdigits']['overall']:.4f}" for m in ms]))  # fmt: skip
+        rows.append(("  of them JPEG", *[f"{m['optdigits']['jpeg']:.3f}" for m in ms]))
+        for d in range(10):
+            rows.append((f"  optdigits {d}",
+                         *[f"{m['optdigits']['per_class'][d]:.3f}" for m in ms]))  # fmt: skip
     rows.append(
         (f"MNIST test ({mnist_count:,}; goal >= 0.995)", *[f"{m['mnist_test']:.4f}" for m in ms])
     )
@@ -203,6 +245,9 @@ def _print(results: dict, mnist_count: int, robust_count: int) -> None:
             "  top confusions (true->read): "
             + ", ".join(f"{k} x{v}" for k, v in m["confusions"].items())
         )
+        if "optdigits" in m:
+            print("  optdigits confusions: "
+                  + ", ".join(f"{k} x{v}" for k, v in m["optdigits"]["confusions"].items()))
 
 
 def main() -> None:
@@ -220,6 +265,9 @@ def main() -> None:
         "--robust-count", type=int, default=2000, help="MNIST digits per robustness kind (0: skip)"
     )
     parser.add_argument("--repeat", type=int, default=300, help="latency samples")
+    parser.add_argument(
+        "--optdigits", type=int, default=1797, help="optdigits digits (0: skip; needs sklearn)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     results = run(
@@ -229,6 +277,7 @@ def main() -> None:
         args.mnist_count,
         args.robust_count,
         args.repeat,
+        args.optdigits,
     )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
