@@ -10,6 +10,7 @@ from mnistlab.handwriting.augment import (
     AffineParams,
     augment,
     change_stroke,
+    lower_resolution,
     mnist_normalize,
     random_affine_params,
     transform,
@@ -76,6 +77,37 @@ def test_normalized_digits_fill_the_20px_box_and_sit_at_the_center(digits):
     cy = (out.sum(axis=2) @ np.arange(28)) / mass
     cx = (out.sum(axis=1) @ np.arange(28)) / mass
     assert np.all(np.abs(cy - 14) <= 1.0) and np.all(np.abs(cx - 14) <= 1.0)
+
+
+def test_lower_resolution_is_seeded_and_changes_only_its_share(digits):
+    x = augment(digits[0][:400], 1)
+    assert np.array_equal(lower_resolution(x, 3, fraction=0.0), x)
+    once, again = lower_resolution(x, 3, fraction=0.3), lower_resolution(x, 3, fraction=0.3)
+    assert np.array_equal(once, again) and once.dtype == np.uint8 and once.shape == x.shape
+    changed = np.any(once != x, axis=(1, 2))
+    assert 0.2 < changed.mean() < 0.4
+    assert not np.array_equal(lower_resolution(x, 4, fraction=0.3), once)
+
+
+def edge_strength(images: np.ndarray) -> np.ndarray:
+    """Mean absolute step between neighbouring pixels: high for crisp strokes."""
+    x = images.astype(np.float64)
+    return np.abs(np.diff(x, axis=1)).mean(axis=(1, 2)) + np.abs(np.diff(x, axis=2)).mean(
+        axis=(1, 2)
+    )
+
+
+def test_a_digit_seen_small_is_blurred_but_stays_normalized_and_readable(digits, bundled):
+    x, y = augment(digits[0][:300], 1), digits[1][:300]
+    small = lower_resolution(x, 5, fraction=1.0, sides=(8, 12))
+    assert np.all(edge_strength(small) < edge_strength(x))  # fine detail gone
+    rows, cols = small.any(axis=2), small.any(axis=1)
+    side = np.maximum(rows.sum(axis=1), cols.sum(axis=1))
+    assert np.all(side <= 22) and np.median(side) >= 20  # the 20 px box again
+    mass = ink(small)
+    cy = (small.sum(axis=2) @ np.arange(28)) / mass
+    assert np.all(np.abs(cy - 14) <= 1.0)
+    assert (bundled.probabilities(small).argmax(1) == y).mean() > 0.9
 
 
 def test_a_quarter_turn_turns_a_horizontal_bar_upright():

@@ -184,15 +184,18 @@ def handwriting(ctx: Context) -> Trained:
     ``styles`` of the 1s get a flag (and half of those a base) and of the 7s a crossbar
     (``augment.add_styles``): the European styles MNIST's writers rarely used. The copies
     are made once, up front, from the seed."""
-    from mnistlab.handwriting.augment import add_styles, augment
+    from mnistlab.handwriting.augment import add_styles, augment, lower_resolution
 
     c = ctx.config
     (x, y), (x_test, y_test) = ctx.data(pixels="raw", layout="image")  # 0..255
     digits = x[:, 0].astype(np.uint8)  # (N, 28, 28)
-    copies = [  # each copy: European 1s and 7s added (``styles`` of them), then distorted
-        augment(add_styles(digits, y, [c["seed"], k, 1], fraction=c["styles"]),
-                [c["seed"], k], rotation=c["rotation"], shear=c["shear"],
-                stroke=(c["thinner"], c["thicker"]))
+    copies = [  # each copy: European 1s and 7s added (``styles`` of them), distorted,
+        # then ``lowres`` of them seen at a low resolution
+        lower_resolution(
+            augment(add_styles(digits, y, [c["seed"], k, 1], fraction=c["styles"]),
+                    [c["seed"], k], rotation=c["rotation"], shear=c["shear"],
+                    stroke=(c["thinner"], c["thicker"])),
+            [c["seed"], k, 2], fraction=c["lowres"])
         for k in range(c["copies"])
     ]  # fmt: skip
     x_train = scale_to_unit(np.concatenate([digits, *copies]))[:, None]  # (M, 1, 28, 28)
@@ -284,7 +287,7 @@ RECIPES: dict[str, Recipe] = {
             "0.9952 test accuracy after 6 epochs", 0.9952, "test_accuracy",
             {"epochs": 6, "batch_size": 100, "lr": 0.002, "decay": 0.7, "filters": 32,
              "dropout": 0.25, "copies": 3, "rotation": 15.0, "shear": 0.3, "thinner": -1.0,
-             "thicker": 1.5, "styles": 0.5, "seed": 0},
+             "thicker": 1.5, "styles": 0.5, "lowres": 0.0, "seed": 0},
             handwriting, datasets=("mnist",),
         ),
     ]
@@ -331,6 +334,7 @@ SETTING_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "thinner": ("pixels from -1 to 2, at most thicker", lambda v: -1.0 <= v <= 2.0),
     "thicker": ("pixels from -1 to 2, at least thinner", lambda v: -1.0 <= v <= 2.0),
     "styles": ("a fraction from 0 to 1", lambda v: 0.0 <= v <= 1.0),
+    "lowres": ("a fraction from 0 to 1", lambda v: 0.0 <= v <= 1.0),
     **FAST_CHECKS,
 }
 EXTRA_SETTINGS = ("limit", "test_limit")  # every recipe takes these (default: all images)

@@ -22,6 +22,12 @@ rarely did, to MNIST's own digits: a flag (short to long, at varied angles) and 
 base on a 1, a crossbar on a 7 (the European styles). It draws with Pillow, one digit at
 a time, at the digit's own stroke width.
 
+``lower_resolution`` makes, after those steps, what a digit looks like when it was scanned
+or photographed small (a form's box, a thumbnail): the whole digit reduced to a few pixels
+by area averaging, enlarged again (bilinear or bicubic, as a viewer or scanner does) and
+normalized as ``preprocess`` normalizes, so thin strokes become the soft, thick blobs
+preprocess makes of such an image.
+
 Everything else is NumPy over chunks of images (no loop over pixels or images) and every random
 choice comes from the seed: the same seed gives the same digits.
 """
@@ -38,6 +44,7 @@ __all__ = [
     "add_styles",
     "augment",
     "change_stroke",
+    "lower_resolution",
     "mnist_normalize",
     "random_affine_params",
     "transform",
@@ -212,6 +219,39 @@ def add_styles(
                 draw.ellipse([px - rad, py - rad, px + rad, py + rad], fill=255)
         stroke = np.asarray(canvas.reduce(up))
         x[i] = np.maximum(x[i], stroke)
+    return x
+
+
+def lower_resolution(
+    images: np.ndarray,
+    seed: int | Sequence[int] | np.random.Generator | None,
+    *,
+    fraction: float = 0.25,
+    sides: tuple[int, int] = (6, 14),
+) -> np.ndarray:
+    """A copy of (N, 28, 28) uint8 digits (MNIST-normalized: the ink in a 20 px box) where
+    about ``fraction`` of them are seen at a low resolution: the 28 px frame reduced so
+    that the ink's box is ``sides`` px (drawn uniformly; 8 is the 8x8 of a 32 px form box
+    counted in 4x4 blocks), then enlarged back, bilinear or bicubic at random, and
+    MNIST-normalized again. The rest are returned as they are; the same seed gives the same
+    digits."""
+    from PIL import Image
+
+    x = _check_images(images).copy()
+    rng = np.random.default_rng(seed)
+    chosen = rng.random(len(x)) < fraction
+    box = rng.uniform(sides[0], sides[1], len(x))  # every image draws: order-independent
+    bicubic = rng.random(len(x)) < 0.5
+    picked = np.flatnonzero(chosen)
+    if not picked.size:
+        return x
+    enlarged = np.empty((picked.size, FRAME, FRAME), dtype=np.uint8)
+    for k, i in enumerate(picked):
+        small = max(2, round(FRAME * box[i] / BOX))
+        low = Image.fromarray(x[i]).resize((small, small), Image.Resampling.BOX)
+        filter_ = Image.Resampling.BICUBIC if bicubic[i] else Image.Resampling.BILINEAR
+        enlarged[k] = np.asarray(low.resize((FRAME, FRAME), filter_))
+    x[picked] = mnist_normalize(enlarged)
     return x
 
 
