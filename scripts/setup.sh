@@ -23,5 +23,5 @@ echo "==> virtual environment .venv"
 .venv/bin/python -m pip install -q --upgrade pip
 # torch first, pinned: an unpinned torch requirement would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[torch,serve,keras,test,browser]"
+.venv/bin/python -m pip install -q -e ".[torch,serve,keras,test,browser,bench]"
 echo "==> done: $(.venv/bin/mnistlab --version)"
