@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import optdigits_set
 from common import print_table
 from mnistlab.handwriting.preprocess import WORK_MAX_SIDE, decode_image, preprocess_image
-from mnistlab.handwriting.recognizer import Recognizer, bundled_model_path
+from mnistlab.handwriting.recognizer import Recognizer, bundled_model_paths
 from mnistlab.handwriting.robustness import ROBUSTNESS_KINDS, make_robustness_variants
 from writers_set import RENDERS, STYLES, make_writers_set
 
@@ -131,11 +131,11 @@ def run(
     photo_files = [d.data for d in latency_set if d.render == "photo"][:10]
     latency_files = latency_files[:40]
     recognizers = [Recognizer.from_path(m) for m in models]
-    names = [str(m) if m is not None else f"bundled ({bundled_model_path().name})"
-             for m in models]  # fmt: skip
+    bundled = " + ".join(p.name for p in bundled_model_paths())
+    names = [str(m) if m is not None else f"bundled ({bundled})" for m in models]
     results: dict = {"count": count, "seed": seed, "models": []}
     for name, rec, path in zip(names, recognizers, models, strict=True):
-        path = path or bundled_model_path()
+        files = [path] if path is not None else bundled_model_paths()
         ok = accuracy(rec, w_x, w_y)
         r: dict = {
             "model": name,
@@ -182,8 +182,8 @@ def run(
             r["worst_points"] = min(0.0, *((a - clean) * 100 for a in r["robustness"].values()))
         r["p50_ms"], r["p99_ms"] = latency_ms(rec, latency_files, repeat)
         r["photo_p50_ms"], r["photo_p99_ms"] = latency_ms(rec, photo_files, max(3, repeat // 3))
-        r["mib"] = path.stat().st_size / 2**20
-        r["params"] = int(rec.model.count_params())
+        r["mib"] = sum(f.stat().st_size for f in files) / 2**20
+        r["params"] = rec.count_params()
         results["models"].append(r)
     _print(results, mnist_count, robust_count)
     return results
@@ -256,7 +256,7 @@ def main() -> None:
         "--model",
         type=Path,
         action="append",
-        help="model file, repeatable (default: the bundled one)",
+        help="model file, repeatable; 'bundled' for the bundled ensemble (the default)",
     )
     parser.add_argument("--count", type=int, default=2000, help="writers digits (default 2000)")
     parser.add_argument("--seed", type=int, default=0)
@@ -271,7 +271,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     results = run(
-        args.model or [None],
+        [None if str(m) == "bundled" else m for m in args.model or ["bundled"]],
         args.count,
         args.seed,
         args.mnist_count,

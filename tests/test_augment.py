@@ -16,7 +16,7 @@ from mnistlab.handwriting.augment import (
     transform,
 )
 from mnistlab.handwriting.preprocess import preprocess_image
-from mnistlab.handwriting.recognizer import Recognizer, bundled_model_path
+from mnistlab.handwriting.recognizer import Recognizer, bundled_model_path, bundled_model_paths
 
 
 @pytest.fixture(scope="module")
@@ -161,10 +161,38 @@ def test_augmented_digits_stay_recognizable(digits, bundled):
 def test_the_bundled_model_ships_small_and_recognizes_mnist(digits, bundled):
     from mnistlab.engines import load_model
 
-    path = bundled_model_path()
-    assert path.is_file() and path.stat().st_size < 2 * 2**20
-    model = load_model(path)
-    assert model.count_params() < 500_000
+    paths = bundled_model_paths()
+    assert paths[0] == bundled_model_path() and len(paths) == len(bundled.members) == 2
+    assert all(p.is_file() for p in paths)
+    assert sum(p.stat().st_size for p in paths) < 5 * 2**20  # the bound
+    assert sum(load_model(p).count_params() for p in paths) == bundled.count_params() < 1_000_000
     x, y = digits
     accuracy = float(np.mean(bundled.probabilities(x).argmax(axis=1) == y))
     assert accuracy >= 0.99
+
+
+def test_an_ensemble_reads_with_the_mean_of_its_members(digits):
+    from mnistlab.engines import load_model
+
+    x = digits[0][:50]
+    members = [Recognizer(load_model(p)) for p in bundled_model_paths()]
+    ensemble = Recognizer([m.model for m in members], name="both")
+    mean = (members[0].probabilities(x) + members[1].probabilities(x)) / 2
+    assert np.allclose(ensemble.probabilities(x), mean, atol=1e-12)
+    features, probabilities = ensemble.features_and_probabilities(x)
+    assert np.array_equal(probabilities, ensemble.probabilities(x))
+    assert np.array_equal(features, members[0].features_and_probabilities(x)[0])  # the first's
+
+
+def test_an_ensemble_of_models_that_read_different_inputs_is_refused():
+    from mnistlab.errors import ModelFileError
+
+    class Model:
+        def __init__(self, shape):
+            self.shape = shape
+
+        def spec(self):
+            return {"input_shape": self.shape}
+
+    with pytest.raises(ModelFileError, match=r"mixed: the ensemble's models read different"):
+        Recognizer([Model([1, 28, 28]), Model([784])], name="mixed")

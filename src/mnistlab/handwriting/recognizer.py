@@ -7,6 +7,7 @@ exactly the same preprocessing and model-input scaling.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -20,11 +21,20 @@ from mnistlab.errors import ImageError, ModelFileError
 from mnistlab.handwriting.preprocess import preprocess_image
 
 BUNDLED_MODEL_NAME = "digits.safetensors"
+BUNDLED_MODEL_NAMES = (BUNDLED_MODEL_NAME, "digits-lowres.safetensors")
+"""The bundled ensemble: the same small CNN trained on MNIST and its augmented copies, and
+again with a share of the copies seen at low resolution (README: how, and what each adds)."""
 
 
 def bundled_model_path() -> Path:
-    """The small model shipped inside the package (see README: how it was trained)."""
-    return Path(str(resources.files("mnistlab") / "models" / BUNDLED_MODEL_NAME))
+    """The first model of the bundled ensemble (the one whose features profiles keep)."""
+    return bundled_model_paths()[0]
+
+
+def bundled_model_paths() -> list[Path]:
+    """Every model file of the bundled ensemble, shipped inside the package."""
+    folder = resources.files("mnistlab") / "models"
+    return [Path(str(folder / name)) for name in BUNDLED_MODEL_NAMES]
 
 
 @dataclass(frozen=True)
@@ -53,29 +63,48 @@ class Prediction:
 
 
 class Recognizer:
-    """A model plus the input scaling its spec asks for."""
+    """A model (or an ensemble of models that read the same input: their probabilities are
+    averaged) plus the input scaling its spec asks for. ``model`` is the first member."""
 
-    def __init__(self, model: Any, name: str = "model") -> None:
-        self.model = model
+    def __init__(self, model: Any | Sequence[Any], name: str = "model") -> None:
+        members = list(model) if isinstance(model, list | tuple) else [model]
+        if not members:
+            raise ModelFileError(f"{name}: an ensemble needs at least one model")
+        self.members = members
+        self.model = members[0]
         self.name = name
-        spec = model.spec()
-        self.input_shape = tuple(spec["input_shape"])
-        self.scale = spec.get("preprocess", {}).get("scale", "unit")
+        specs = [m.spec() for m in members]
+        self.input_shape = tuple(specs[0]["input_shape"])
+        self.scale = specs[0].get("preprocess", {}).get("scale", "unit")
+        for spec in specs[1:]:
+            if (tuple(spec["input_shape"]), spec.get("preprocess", {}).get("scale", "unit")) != (
+                self.input_shape,
+                self.scale,
+            ):
+                raise ModelFileError(
+                    f"{name}: the ensemble's models read different inputs "
+                    f"({list(self.input_shape)}, {self.scale} vs {spec['input_shape']})"
+                )
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str] | None = None) -> Recognizer:
-        """Load a saved model, or the bundled one when ``path`` is None."""
+        """Load a saved model, or the bundled ensemble when ``path`` is None."""
         from mnistlab.engines import load_model
 
-        model_path = Path(path) if path is not None else bundled_model_path()
-        if not model_path.exists():
-            hint = (
-                " (the bundled model is missing from this installation; pass --model)"
-                if path is None
-                else ""
-            )
-            raise ModelFileError(f"{model_path}: no such model file{hint}")
-        return cls(load_model(model_path), name=model_path.name)
+        paths = [Path(path)] if path is not None else bundled_model_paths()
+        for model_path in paths:
+            if not model_path.exists():
+                hint = (
+                    " (the bundled model is missing from this installation; pass --model)"
+                    if path is None
+                    else ""
+                )
+                raise ModelFileError(f"{model_path}: no such model file{hint}")
+        return cls([load_model(p) for p in paths], name=" + ".join(p.name for p in paths))
+
+    def count_params(self) -> int:
+        """Parameters of every member together."""
+        return sum(int(m.count_params()) for m in self.members)
 
     def model_input(self, images: np.ndarray) -> np.ndarray:
         """(N, 28, 28) uint8 MNIST-like images -> the model's input array."""
@@ -83,26 +112,38 @@ class Recognizer:
         return x.reshape(len(images), *self.input_shape)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, 10) for MNIST-like uint8 images (N, 28, 28)."""
-        return np.asarray(self.model.predict(self.model_input(images)), dtype=np.float64)
+        """Class probabilities (N, 10) for MNIST-like uint8 images (N, 28, 28): the mean of
+        the members' (one model: its own)."""
+        x = self.model_input(images)
+        total = np.asarray(self.members[0].predict(x), dtype=np.float64)
+        for member in self.members[1:]:
+            total = total + np.asarray(member.predict(x), dtype=np.float64)
+        return total / len(self.members) if len(self.members) > 1 else total
 
     def features_and_probabilities(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(features (N, F) float32, probabilities (N, 10)) in one pass: the features are what
-        the model's last Dense layer reads (its penultimate representation, where digits
-        of one style lie close together), the probabilities exactly ``probabilities``'s."""
+        the first model's last Dense layer reads (its penultimate representation, where
+        digits of one style lie close together), the probabilities exactly
+        ``probabilities``'s."""
         layers = getattr(self.model, "layers", None)
         heads = [i for i, layer in enumerate(layers or []) if type(layer).__name__ == "Dense"]
         if not heads:
             raise ModelFileError(
                 f"{self.name}: profiles need a NumPy-engine model that ends in Dense layers"
             )
-        h = self.model.prepare_input(self.model_input(images))
+        x = self.model_input(images)
+        h = self.model.prepare_input(x)
         for layer in layers[: heads[-1]]:
             h = layer.forward(h, False)
         features = h.reshape(len(images), -1).astype(np.float32)
         for layer in layers[heads[-1] :]:
             h = layer.forward(h, False)
-        return features, np.asarray(h, dtype=np.float64)
+        total = np.asarray(h, dtype=np.float64)
+        if len(self.members) == 1:
+            return features, total
+        for member in self.members[1:]:
+            total = total + np.asarray(member.predict(x), dtype=np.float64)
+        return features, total / len(self.members)
 
     def recognize_pixels(self, pixels: np.ndarray) -> Prediction:
         """A 28x28 uint8 image already in MNIST form (white on black, centered)."""
