@@ -182,8 +182,10 @@ def handwriting(ctx: Context) -> Trained:
     rotation or stroke width, so the copies vary those (`mnistlab.handwriting.augment`) and
     are normalized the way preprocess normalizes. Before that, in each copy about
     ``styles`` of the 1s get a flag (and half of those a base) and of the 7s a crossbar
-    (``augment.add_styles``): the European styles MNIST's writers rarely used. The copies
-    are made once, up front, from the seed."""
+    (``augment.add_styles``): the European styles MNIST's writers rarely used; with
+    ``lowres`` above 0, that share of each copy is then seen at a low resolution
+    (``augment.lower_resolution``; the bundled ensemble's second model). The copies are
+    made once, up front, from the seed."""
     from mnistlab.handwriting.augment import add_styles, augment, lower_resolution
 
     c = ctx.config

@@ -26,7 +26,7 @@ a time, at the digit's own stroke width.
 or photographed small (a form's box, a thumbnail): the whole digit reduced to a few pixels
 by area averaging, enlarged again (bilinear or bicubic, as a viewer or scanner does) and
 normalized as ``preprocess`` normalizes, so thin strokes become the soft, thick blobs
-preprocess makes of such an image.
+preprocess makes of such an image. It resizes with Pillow, one digit at a time.
 
 Everything else is NumPy over chunks of images (no loop over pixels or images) and every random
 choice comes from the seed: the same seed gives the same digits.
