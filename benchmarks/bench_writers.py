@@ -43,14 +43,19 @@ GOAL_P99_MS = 20.0
 GOAL_MIB = 5.0
 
 
+def read_as_predict(files: list[bytes], tag: str) -> np.ndarray:
+    """Image files read the way ``mnistlab predict`` reads one: (n, 28, 28) uint8."""
+    return np.stack([
+        preprocess_image(decode_image(data, name=f"{tag}[{i}]", max_side=WORK_MAX_SIDE),
+                         name=f"{tag}[{i}]")
+        for i, data in enumerate(files)
+    ])  # fmt: skip
+
+
 def writers_inputs(count: int, seed: int):
     """Preprocessed writers digits (n, 28, 28), labels, styles, renders."""
     digits = make_writers_set(count, seed)
-    seen = np.stack([
-        preprocess_image(decode_image(d.data, name=f"writers[{i}]", max_side=WORK_MAX_SIDE),
-                         name=f"writers[{i}]")
-        for i, d in enumerate(digits)
-    ])  # fmt: skip
+    seen = read_as_predict([d.data for d in digits], "writers")
     labels = np.array([d.label for d in digits])
     return seen, labels, [d.style for d in digits], [d.render for d in digits]
 
@@ -60,11 +65,7 @@ def optdigits_inputs(count: int, seed: int):
     if not count or not optdigits_set.available():
         return None
     digits = optdigits_set.make_optdigits_set(count, seed)
-    seen = np.stack([
-        preprocess_image(decode_image(d.data, name=f"optdigits[{i}]", max_side=WORK_MAX_SIDE),
-                         name=f"optdigits[{i}]")
-        for i, d in enumerate(digits)
-    ])  # fmt: skip
+    seen = read_as_predict([d.data for d in digits], "optdigits")
     return seen, np.array([d.label for d in digits]), np.array([d.render for d in digits])
 
 
@@ -94,12 +95,22 @@ def latency_ms(recognizer: Recognizer, files: list[bytes], repeat: int) -> tuple
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
 
+def predictions(recognizer: Recognizer, x: np.ndarray) -> np.ndarray:
+    """The digit a model reads in each MNIST-like uint8 image, in batches of 1000."""
+    return np.concatenate(
+        [recognizer.probabilities(x[s : s + 1000]).argmax(1) for s in range(0, len(x), 1000)]
+    )
+
+
 def accuracy(recognizer: Recognizer, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Per-image correctness (bool) of a model on MNIST-like uint8 digits."""
-    out = []
-    for start in range(0, len(x), 1000):
-        out.append(recognizer.probabilities(x[start : start + 1000]).argmax(1))
-    return np.concatenate(out) == y
+    return predictions(recognizer, x) == y
+
+
+def top_confusions(y: np.ndarray, read: np.ndarray, n: int) -> dict[str, int]:
+    """The ``n`` commonest misreadings, as {"true->read": count}."""
+    wrong = Counter((int(a), int(b)) for a, b in zip(y, read, strict=True) if a != b)
+    return {f"{a}->{b}": count for (a, b), count in wrong.most_common(n)}
 
 
 def run(
@@ -136,7 +147,8 @@ def run(
     results: dict = {"count": count, "seed": seed, "models": []}
     for name, rec, path in zip(names, recognizers, models, strict=True):
         files = [path] if path is not None else bundled_model_paths()
-        ok = accuracy(rec, w_x, w_y)
+        preds = predictions(rec, w_x)
+        ok = preds == w_y
         r: dict = {
             "model": name,
             "writers": float(ok.mean()),
@@ -145,32 +157,22 @@ def run(
                 k: float(ok[np.array(w_render) == k].mean()) for k in RENDERS if k in w_render
             },
             "per_style": {},
-            "confusions": {},
+            "confusions": top_confusions(w_y, preds, 8),
         }
-        preds = np.concatenate([rec.probabilities(w_x[s : s + 1000]).argmax(1)
-                                for s in range(0, len(w_x), 1000)])  # fmt: skip
         for label in range(10):
             for style in STYLES[label]:
                 mask = (w_y == label) & (np.array(w_style) == style)
                 if mask.any():
                     r["per_style"][f"{label}:{style}"] = float(ok[mask].mean())
-        r["confusions"] = {
-            f"{a}->{b}": n
-            for (a, b), n in Counter(
-                (int(a), int(b)) for a, b in zip(w_y, preds, strict=True) if a != b
-            ).most_common(8)
-        }
         if real is not None:
             o_x, o_y, o_render = real
-            o_ok = accuracy(rec, o_x, o_y)
+            o_read = predictions(rec, o_x)
+            o_ok = o_read == o_y
             r["optdigits"] = {
                 "n": len(o_y), "overall": float(o_ok.mean()),
                 "per_class": {d: float(o_ok[o_y == d].mean()) for d in range(10)},
                 "jpeg": float(o_ok[o_render == "scan_jpeg"].mean()),
-                "confusions": {f"{a}->{b}": n for (a, b), n in Counter(
-                    (int(a), int(b)) for a, b, k in zip(o_y, rec.probabilities(o_x).argmax(1),
-                                                        o_ok, strict=True) if not k
-                ).most_common(6)},
+                "confusions": top_confusions(o_y, o_read, 6),
             }  # fmt: skip
         r["mnist_test"] = float(accuracy(rec, x_test, y_test).mean())
         if robust:

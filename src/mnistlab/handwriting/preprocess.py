@@ -874,7 +874,7 @@ def _connected_to(strong: np.ndarray, weak: np.ndarray) -> np.ndarray:
     runs = _runs(weak)
     if runs.row.size == 0:
         return np.zeros_like(weak)
-    touches = np.bincount(runs.label, weights=runs.sums(strong.astype(np.float64), weak)) > 0
+    touches = np.bincount(runs.label, weights=runs.sums(strong, weak)) > 0
     return runs.paint(touches[runs.label], weak.shape)
 
 

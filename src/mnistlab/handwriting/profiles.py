@@ -95,10 +95,10 @@ def _retry_busy(call: Callable[_P, _R]) -> Callable[_P, _R]:
 
 
 def _is_busy(error: sqlite3.Error) -> bool:
-    code = getattr(error, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-    return "locked" in str(error) or "busy" in str(error)
+    """Whether SQLite said busy or locked (its primary code, the low byte; errors the
+    sqlite3 module raises itself carry no code)."""
+    code = getattr(error, "sqlite_errorcode", 0)
+    return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 class UnknownProfileError(ProfileError, LookupError):

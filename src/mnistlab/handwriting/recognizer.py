@@ -73,17 +73,13 @@ class Recognizer:
         self.members = members
         self.model = members[0]
         self.name = name
-        specs = [m.spec() for m in members]
-        self.input_shape = tuple(specs[0]["input_shape"])
-        self.scale = specs[0].get("preprocess", {}).get("scale", "unit")
-        for spec in specs[1:]:
-            if (tuple(spec["input_shape"]), spec.get("preprocess", {}).get("scale", "unit")) != (
-                self.input_shape,
-                self.scale,
-            ):
+        inputs = [_input_of(m.spec()) for m in members]
+        self.input_shape, self.scale = inputs[0]
+        for other in inputs[1:]:
+            if other != inputs[0]:
                 raise ModelFileError(
                     f"{name}: the ensemble's models read different inputs "
-                    f"({list(self.input_shape)}, {self.scale} vs {spec['input_shape']})"
+                    f"({list(self.input_shape)}, {self.scale} vs {list(other[0])}, {other[1]})"
                 )
 
     @classmethod
@@ -115,7 +111,12 @@ class Recognizer:
         """Class probabilities (N, 10) for MNIST-like uint8 images (N, 28, 28): the mean of
         the members' (one model: its own)."""
         x = self.model_input(images)
-        total = np.asarray(self.members[0].predict(x), dtype=np.float64)
+        return self._with_the_others(self.model.predict(x), x)
+
+    def _with_the_others(self, first: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """The first member's probabilities ``first`` averaged with the other members' on
+        the model input ``x`` (``first`` itself, as float64, for a single model)."""
+        total = np.asarray(first, dtype=np.float64)
         for member in self.members[1:]:
             total = total + np.asarray(member.predict(x), dtype=np.float64)
         return total / len(self.members) if len(self.members) > 1 else total
@@ -138,12 +139,7 @@ class Recognizer:
         features = h.reshape(len(images), -1).astype(np.float32)
         for layer in layers[heads[-1] :]:
             h = layer.forward(h, False)
-        total = np.asarray(h, dtype=np.float64)
-        if len(self.members) == 1:
-            return features, total
-        for member in self.members[1:]:
-            total = total + np.asarray(member.predict(x), dtype=np.float64)
-        return features, total / len(self.members)
+        return features, self._with_the_others(h, x)
 
     def recognize_pixels(self, pixels: np.ndarray) -> Prediction:
         """A 28x28 uint8 image already in MNIST form (white on black, centered)."""
@@ -153,6 +149,11 @@ class Recognizer:
     def recognize_image(self, image: Image.Image | np.ndarray, name: str = "image") -> Prediction:
         """Any picture of one digit: preprocessed to MNIST form first."""
         return self.recognize_pixels(preprocess_image(image, name=name))
+
+
+def _input_of(spec: dict[str, Any]) -> tuple[tuple[int, ...], str]:
+    """(input shape, pixel scale) a saved model's spec asks for."""
+    return tuple(spec["input_shape"]), spec.get("preprocess", {}).get("scale", "unit")
 
 
 def parse_pixel_array(values: Any, *, field: str = "pixels") -> np.ndarray:
