@@ -109,7 +109,7 @@ def test_teaching_a_few_of_one_digit_leaves_the_others_as_they_were(personal, te
     after = np.array([personal.recognize_pixels(i, "default").digit for i in x])
     others = y != 1
     assert (after[others] != before[others]).sum() <= 1  # of about 1,770 other digits
-    assert (after == y).mean() >= (before == y).mean() - 0.0005
+    assert (after == y).sum() >= (before == y).sum() - 1  # at most one more misread
 
 
 def test_what_another_process_teaches_is_seen_next_time(recognizer, tmp_path, test_digits):

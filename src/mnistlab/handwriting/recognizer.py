@@ -19,6 +19,7 @@ from PIL import Image
 from mnistlab.datasets.api import scale_pixels
 from mnistlab.errors import ImageError, ModelFileError
 from mnistlab.handwriting.preprocess import preprocess_image
+from mnistlab.handwriting.views import reading_views
 
 BUNDLED_MODEL_NAME = "digits.safetensors"
 BUNDLED_MODEL_NAMES = (BUNDLED_MODEL_NAME, "digits-lowres.safetensors")
@@ -63,16 +64,21 @@ class Prediction:
 
 
 class Recognizer:
-    """A model (or an ensemble of models that read the same input: their probabilities are
-    averaged) plus the input scaling its spec asks for. ``model`` is the first member."""
+    """A model (or an ensemble of models that read the same input) plus the input scaling
+    its spec asks for. ``model`` is the first member. Each digit is read in the test-time
+    views of ``handwriting.views`` (``views=False``: as it is) and the probabilities are
+    averaged over the views and the members."""
 
-    def __init__(self, model: Any | Sequence[Any], name: str = "model") -> None:
+    def __init__(
+        self, model: Any | Sequence[Any], name: str = "model", *, views: bool = True
+    ) -> None:
         members = list(model) if isinstance(model, list | tuple) else [model]
         if not members:
             raise ModelFileError(f"{name}: an ensemble needs at least one model")
         self.members = members
         self.model = members[0]
         self.name = name
+        self.views = views
         inputs = [_input_of(m.spec()) for m in members]
         self.input_shape, self.scale = inputs[0]
         for other in inputs[1:]:
@@ -83,7 +89,9 @@ class Recognizer:
                 )
 
     @classmethod
-    def from_path(cls, path: str | os.PathLike[str] | None = None) -> Recognizer:
+    def from_path(
+        cls, path: str | os.PathLike[str] | None = None, *, views: bool = True
+    ) -> Recognizer:
         """Load a saved model, or the bundled ensemble when ``path`` is None."""
         from mnistlab.engines import load_model
 
@@ -96,7 +104,8 @@ class Recognizer:
                     else ""
                 )
                 raise ModelFileError(f"{model_path}: no such model file{hint}")
-        return cls([load_model(p) for p in paths], name=" + ".join(p.name for p in paths))
+        name = " + ".join(p.name for p in paths)
+        return cls([load_model(p) for p in paths], name=name, views=views)
 
     def count_params(self) -> int:
         """Parameters of every member together."""
@@ -108,23 +117,29 @@ class Recognizer:
         return x.reshape(len(images), *self.input_shape)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, 10) for MNIST-like uint8 images (N, 28, 28): the mean of
-        the members' (one model: its own)."""
-        x = self.model_input(images)
-        return self._with_the_others(self.model.predict(x), x)
+        """Class probabilities (N, 10) for MNIST-like uint8 images (N, 28, 28): the mean
+        over the views and the members."""
+        x = self.model_input(self._viewed(images))
+        return self._mean(self.model.predict(x), x, len(images))
 
-    def _with_the_others(self, first: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """The first member's probabilities ``first`` averaged with the other members' on
-        the model input ``x`` (``first`` itself, as float64, for a single model)."""
+    def _viewed(self, images: np.ndarray) -> np.ndarray:
+        """The batch the models read: every view of ``images``, view 0 first, or the
+        images themselves when views are off."""
+        return reading_views(images) if self.views else images
+
+    def _mean(self, first: np.ndarray, x: np.ndarray, n: int) -> np.ndarray:
+        """The first member's probabilities ``first`` on the model input ``x`` (the views
+        of ``n`` digits, one after another) averaged with the other members' and over the
+        views: (n, 10) float64."""
         total = np.asarray(first, dtype=np.float64)
         for member in self.members[1:]:
             total = total + np.asarray(member.predict(x), dtype=np.float64)
-        return total / len(self.members) if len(self.members) > 1 else total
+        return total.reshape(-1, n, total.shape[-1]).mean(axis=0) / len(self.members)
 
     def features_and_probabilities(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(features (N, F) float32, probabilities (N, 10)) in one pass: the features are what
-        the first model's last Dense layer reads (its penultimate representation, where
-        digits of one style lie close together), the probabilities exactly
+        """(features (N, F) float32, probabilities (N, 10)): the features are what the first
+        model's last Dense layer reads in view 0 (its penultimate representation,
+        where digits of one style lie close together), the probabilities exactly
         ``probabilities``'s."""
         layers = getattr(self.model, "layers", None)
         heads = [i for i, layer in enumerate(layers or []) if type(layer).__name__ == "Dense"]
@@ -132,14 +147,11 @@ class Recognizer:
             raise ModelFileError(
                 f"{self.name}: profiles need a NumPy-engine model that ends in Dense layers"
             )
-        x = self.model_input(images)
-        h = self.model.prepare_input(x)
+        n = len(images)
+        h = self.model.prepare_input(self.model_input(self._viewed(images)[:n]))  # view 0
         for layer in layers[: heads[-1]]:
             h = layer.forward(h, False)
-        features = h.reshape(len(images), -1).astype(np.float32)
-        for layer in layers[heads[-1] :]:
-            h = layer.forward(h, False)
-        return features, self._with_the_others(h, x)
+        return h.reshape(n, -1).astype(np.float32), self.probabilities(images)
 
     def recognize_pixels(self, pixels: np.ndarray) -> Prediction:
         """A 28x28 uint8 image already in MNIST form (white on black, centered)."""
