@@ -2,16 +2,19 @@
 the robustness kinds, predict latency and file size.
 
     python benchmarks/bench_writers.py [--model OLD.safetensors --model NEW.safetensors]
-        [--count 2000] [--seed 0] [--mnist-count 10000] [--robust-count 2000] [--json OUT]
+        [--views on|off|both] [--count 2000] [--seed 0] [--mnist-count 10000]
+        [--robust-count 2000] [--json OUT]
 
 The writers set (``benchmarks/writers_set.py``, never trained on) is encoded as PNG/JPEG
 files and read the way ``mnistlab predict IMAGE`` reads a file: ``decode_image`` at the
 working size, then ``preprocess_image``. Each image is preprocessed once and every model
-is scored on the same arrays. The robustness rows are ``bench_robustness.py``'s kinds on
-the first ``--robust-count`` MNIST test digits (goal: within 1.5 points of clean). Latency
-is one ``decode_image`` + ``recognize_image`` of a file, in-process, p50 and p99 over
-``--repeat`` calls, taking turns over 280x280 drawings and scans; phone photos (300-640 px
-JPEGs, where preprocessing dominates) are timed apart.
+is scored on the same arrays, read in the recognizer's test-time views (``--views off``: one
+view, the digit as it is; ``both``: each model both ways, side by side). The robustness
+rows are ``bench_robustness.py``'s kinds on the first ``--robust-count`` MNIST test digits
+(goal: within 1.5 points of clean). Latency is one ``decode_image`` + ``recognize_image``
+of a file, in-process, p50 and p99 over ``--repeat`` calls, taking turns over 280x280
+drawings and scans; phone photos (300-640 px JPEGs, where preprocessing dominates) are
+timed apart.
 
 With scikit-learn installed, real writers too: the UCI optdigits test set (13 writers on
 forms, outside MNIST; ``benchmarks/optdigits_set.py``) as small scans, per class
@@ -114,7 +117,7 @@ def top_confusions(y: np.ndarray, read: np.ndarray, n: int) -> dict[str, int]:
 
 
 def run(
-    models: list[Path | None],
+    models: list[tuple[Path | None, bool]],
     count: int,
     seed: int,
     mnist_count: int,
@@ -141,16 +144,18 @@ def run(
     latency_files = [d.data for d in latency_set if d.render in ("canvas_dark", "scan")]
     photo_files = [d.data for d in latency_set if d.render == "photo"][:10]
     latency_files = latency_files[:40]
-    recognizers = [Recognizer.from_path(m) for m in models]
     bundled = " + ".join(p.name for p in bundled_model_paths())
-    names = [str(m) if m is not None else f"bundled ({bundled})" for m in models]
     results: dict = {"count": count, "seed": seed, "models": []}
-    for name, rec, path in zip(names, recognizers, models, strict=True):
+    for path, views in models:
+        rec = Recognizer.from_path(path, views=views)
+        name = str(path) if path is not None else f"bundled ({bundled})"
+        name += "" if views else ", one view"
         files = [path] if path is not None else bundled_model_paths()
         preds = predictions(rec, w_x)
         ok = preds == w_y
         r: dict = {
             "model": name,
+            "views": views,
             "writers": float(ok.mean()),
             "per_class": {d: float(ok[w_y == d].mean()) for d in range(10)},
             "per_render": {
@@ -260,6 +265,12 @@ def main() -> None:
         action="append",
         help="model file, repeatable; 'bundled' for the bundled ensemble (the default)",
     )
+    parser.add_argument(
+        "--views",
+        choices=("on", "off", "both"),
+        default="on",
+        help="read in the test-time views (on, the default), as is (off), or each model both ways",
+    )
     parser.add_argument("--count", type=int, default=2000, help="writers digits (default 2000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mnist-count", type=int, default=10000)
@@ -272,8 +283,10 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    views = {"on": (True,), "off": (False,), "both": (False, True)}[args.views]
+    paths = [None if str(m) == "bundled" else m for m in args.model or ["bundled"]]
     results = run(
-        [None if str(m) == "bundled" else m for m in args.model or ["bundled"]],
+        [(path, v) for path in paths for v in views],
         args.count,
         args.seed,
         args.mnist_count,

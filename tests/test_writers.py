@@ -18,6 +18,7 @@ from mnistlab.handwriting.preprocess import WORK_MAX_SIDE, decode_image, preproc
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
+import optdigits_set  # noqa: E402
 import writers_set  # noqa: E402
 
 
@@ -124,11 +125,16 @@ def test_the_writers_benchmark_runs_on_a_tiny_slice(tmp_path: Path):
     out = tmp_path / "writers.json"
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "bench_writers.py"), "--count", "20",
-         "--mnist-count", "50", "--robust-count", "5", "--repeat", "3", "--json", str(out)],
+         "--mnist-count", "50", "--robust-count", "5", "--repeat", "3", "--views", "both",
+         "--optdigits", "30", "--json", str(out)],
         capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     results = json.loads(out.read_text())
-    (model,) = results["models"]
+    one_view, model = results["models"]  # the bundled ensemble read both ways
+    assert (one_view["views"], model["views"]) == (False, True)
+    assert one_view["model"] == model["model"] + ", one view"
+    if optdigits_set.available():
+        assert model["optdigits"]["n"] == 30
     assert set(model["per_class"]) == {str(d) for d in range(10)}
     assert 0.0 <= model["writers"] <= 1.0 and 0.0 <= model["mnist_test"] <= 1.0
     assert set(model["robustness"]) == {"preprocessed only", "canvas280", "off_center",
