@@ -62,3 +62,9 @@ def test_the_views_probabilities_are_the_mean_over_views_and_models(digits):
     per_view = [alone.probabilities(v) for v in np.split(reading_views(x[:10]), len(VIEW_ANGLES))]
     assert np.allclose(viewed.probabilities(x[:10]), np.mean(per_view, axis=0), atol=1e-7)
     assert (viewed.probabilities(x).argmax(1) == y).mean() >= 0.99  # MNIST reads as before
+
+
+def test_an_empty_batch_reads_as_no_probabilities():
+    empty = np.zeros((0, 28, 28), np.uint8)
+    assert reading_views(empty).shape == (0, 28, 28)
+    assert Recognizer.from_path().probabilities(empty).shape == (0, 10)

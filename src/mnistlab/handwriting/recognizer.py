@@ -118,23 +118,19 @@ class Recognizer:
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities (N, 10) for MNIST-like uint8 images (N, 28, 28): the mean
-        over the views and the members."""
+        over the views and the members, float64."""
+        n = len(images)
+        if n == 0:
+            return np.zeros((0, *self.model.output_shape))
         x = self.model_input(self._viewed(images))
-        return self._mean(self.model.predict(x), x, len(images))
+        total = sum(np.asarray(m.predict(x), dtype=np.float64) for m in self.members)
+        # x holds the views one after another: (views * n, 10) -> (views, n, 10)
+        return total.reshape(-1, n, total.shape[-1]).mean(axis=0) / len(self.members)
 
     def _viewed(self, images: np.ndarray) -> np.ndarray:
         """The batch the models read: every view of ``images``, view 0 first, or the
         images themselves when views are off."""
         return reading_views(images) if self.views else images
-
-    def _mean(self, first: np.ndarray, x: np.ndarray, n: int) -> np.ndarray:
-        """The first member's probabilities ``first`` on the model input ``x`` (the views
-        of ``n`` digits, one after another) averaged with the other members' and over the
-        views: (n, 10) float64."""
-        total = np.asarray(first, dtype=np.float64)
-        for member in self.members[1:]:
-            total = total + np.asarray(member.predict(x), dtype=np.float64)
-        return total.reshape(-1, n, total.shape[-1]).mean(axis=0) / len(self.members)
 
     def features_and_probabilities(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(features (N, F) float32, probabilities (N, 10)): the features are what the first

@@ -45,8 +45,8 @@ def soften(images: np.ndarray, sigma: float = SOFTEN_SIGMA) -> np.ndarray:
         for k, weight in enumerate(taps):
             blurred += weight * padded.take(np.arange(k, k + size), axis=axis)
         x = blurred
-    peak_before = images.reshape(len(images), -1).max(axis=1).astype(np.float32)
-    peak_after = x.reshape(len(x), -1).max(axis=1)
+    peak_before = images.max(axis=(1, 2), initial=0).astype(np.float32)
+    peak_after = x.max(axis=(1, 2), initial=0.0)
     gain = np.divide(peak_before, peak_after, out=np.zeros_like(peak_after), where=peak_after > 0)
     return _to_uint8(x * gain[:, None, None])
 
