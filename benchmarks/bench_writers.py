@@ -1,7 +1,7 @@
 """Digits from writers outside MNIST: the bundled model (or any) per class, beside MNIST test,
 the robustness kinds, predict latency and file size.
 
-    python benchmarks/bench_writers.py [--model OLD.safetensors --model NEW.safetensors]
+    python benchmarks/bench_writers.py [--model OLD.safetensors --model A.safetensors,B.safetensors]
         [--views on|off|both] [--count 2000] [--seed 0] [--mnist-count 10000]
         [--robust-count 2000] [--json OUT]
 
@@ -117,7 +117,7 @@ def top_confusions(y: np.ndarray, read: np.ndarray, n: int) -> dict[str, int]:
 
 
 def run(
-    models: list[tuple[Path | None, bool]],
+    models: list[tuple[list[Path] | None, bool]],
     count: int,
     seed: int,
     mnist_count: int,
@@ -146,11 +146,13 @@ def run(
     latency_files = latency_files[:40]
     bundled = " + ".join(p.name for p in bundled_model_paths())
     results: dict = {"count": count, "seed": seed, "models": []}
-    for path, views in models:
-        rec = Recognizer.from_path(path, views=views)
-        name = str(path) if path is not None else f"bundled ({bundled})"
+    for paths, views in models:
+        rec = Recognizer.from_path(views=views) if paths is None else Recognizer.from_paths(
+            paths, views=views
+        )
+        name = " + ".join(map(str, paths)) if paths is not None else f"bundled ({bundled})"
         name += "" if views else ", one view"
-        files = [path] if path is not None else bundled_model_paths()
+        files = paths if paths is not None else bundled_model_paths()
         preds = predictions(rec, w_x)
         ok = preds == w_y
         r: dict = {
@@ -261,9 +263,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--model",
-        type=Path,
         action="append",
-        help="model file, repeatable; 'bundled' for the bundled ensemble (the default)",
+        help="model file, or files joined by commas for an ensemble; repeatable; 'bundled' "
+        "for the bundled ensemble (the default)",
     )
     parser.add_argument(
         "--views",
@@ -284,9 +286,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     views = {"on": (True,), "off": (False,), "both": (False, True)}[args.views]
-    paths = [None if str(m) == "bundled" else m for m in args.model or ["bundled"]]
+    models = [
+        None if m == "bundled" else [Path(p) for p in m.split(",")]
+        for m in args.model or ["bundled"]
+    ]
     results = run(
-        [(path, v) for path in paths for v in views],
+        [(paths, v) for paths in models for v in views],
         args.count,
         args.seed,
         args.mnist_count,

@@ -68,3 +68,15 @@ def test_an_empty_batch_reads_as_no_probabilities():
     empty = np.zeros((0, 28, 28), np.uint8)
     assert reading_views(empty).shape == (0, 28, 28)
     assert Recognizer.from_path().probabilities(empty).shape == (0, 10)
+
+
+def test_model_files_load_as_one_ensemble_and_a_missing_one_is_named(digits, tmp_path):
+    from mnistlab.errors import ModelFileError
+    from mnistlab.handwriting.recognizer import bundled_model_paths
+
+    x, _ = digits
+    bundled, loaded = Recognizer.from_path(), Recognizer.from_paths(bundled_model_paths())
+    assert loaded.name == bundled.name and len(loaded.members) == 2
+    assert np.array_equal(loaded.probabilities(x[:5]), bundled.probabilities(x[:5]))
+    with pytest.raises(ModelFileError, match=r"nothing\.safetensors: no such model file$"):
+        Recognizer.from_paths([*bundled_model_paths(), tmp_path / "nothing.safetensors"])

@@ -93,19 +93,28 @@ class Recognizer:
         cls, path: str | os.PathLike[str] | None = None, *, views: bool = True
     ) -> Recognizer:
         """Load a saved model, or the bundled ensemble when ``path`` is None."""
+        if path is None:
+            return cls.from_paths(bundled_model_paths(), views=views, bundled=True)
+        return cls.from_paths([path], views=views)
+
+    @classmethod
+    def from_paths(
+        cls, paths: Sequence[str | os.PathLike[str]], *, views: bool = True, bundled: bool = False
+    ) -> Recognizer:
+        """Load saved models that read the same input as one ensemble."""
         from mnistlab.engines import load_model
 
-        paths = [Path(path)] if path is not None else bundled_model_paths()
-        for model_path in paths:
+        files = [Path(p) for p in paths]
+        for model_path in files:
             if not model_path.exists():
                 hint = (
                     " (the bundled model is missing from this installation; pass --model)"
-                    if path is None
+                    if bundled
                     else ""
                 )
                 raise ModelFileError(f"{model_path}: no such model file{hint}")
-        name = " + ".join(p.name for p in paths)
-        return cls([load_model(p) for p in paths], name=name, views=views)
+        name = " + ".join(p.name for p in files)
+        return cls([load_model(p) for p in files], name=name, views=views)
 
     def count_params(self) -> int:
         """Parameters of every member together."""
