@@ -184,7 +184,7 @@ def handwriting(ctx: Context) -> Trained:
     ``styles`` of the 1s get a flag (and half of those a base) and of the 7s a crossbar
     (``augment.add_styles``): the European styles MNIST's writers rarely used; with
     ``lowres`` above 0, that share of each copy is then seen at a low resolution
-    (``augment.lower_resolution``; ``lowres=0.25 seed=1`` is the bundled ensemble's second
+    (``augment.lower_resolution``; ``lowres=0.25 seed=2`` is the bundled ensemble's second
     model). The copies are made once, up front, from the seed."""
     from mnistlab.handwriting.augment import add_styles, augment, lower_resolution
 
