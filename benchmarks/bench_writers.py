@@ -17,8 +17,9 @@ drawings and scans; phone photos (300-640 px JPEGs, where preprocessing dominate
 timed apart.
 
 With scikit-learn installed, real writers too: the UCI optdigits test set (13 writers on
-forms, outside MNIST; ``benchmarks/optdigits_set.py``) as small scans, per class
-(``--optdigits 0`` leaves it out).
+forms, outside MNIST; ``benchmarks/optdigits_set.py``) as small scans of its 8x8 grids and
+of 32x32 black-and-white bitmaps rebuilt from them, per class (``--optdigits 0`` leaves
+them out).
 """
 
 from __future__ import annotations
@@ -63,13 +64,20 @@ def writers_inputs(count: int, seed: int):
     return seen, labels, [d.style for d in digits], [d.render for d in digits]
 
 
-def optdigits_inputs(count: int, seed: int):
-    """Preprocessed optdigits scans (n, 28, 28), labels, renders (empty without sklearn)."""
+OPTDIGITS_SETS = {"optdigits": "optdigits scans", "optdigits_bitmaps": "optdigits as bitmaps"}
+
+
+def optdigits_inputs(count: int, seed: int) -> dict:
+    """Each optdigits set (``OPTDIGITS_SETS``) preprocessed: {key: ((n, 28, 28), labels,
+    renders)}; empty without sklearn."""
     if not count or not optdigits_set.available():
-        return None
-    digits = optdigits_set.make_optdigits_set(count, seed)
-    seen = read_as_predict([d.data for d in digits], "optdigits")
-    return seen, np.array([d.label for d in digits]), np.array([d.render for d in digits])
+        return {}
+    out = {}
+    for key in OPTDIGITS_SETS:
+        digits = optdigits_set.make_optdigits_set(count, seed, bitmaps=key != "optdigits")
+        seen = read_as_predict([d.data for d in digits], key)
+        out[key] = seen, np.array([d.label for d in digits]), np.array([d.render for d in digits])
+    return out
 
 
 def robustness_inputs(digits: np.ndarray, seed: int) -> dict[str, np.ndarray]:
@@ -135,7 +143,7 @@ def run(
         file=sys.stderr,
     )
     real = optdigits_inputs(optdigits, seed)
-    if optdigits and real is None:
+    if optdigits and not real:
         print("optdigits rows left out: `pip install scikit-learn` adds them", file=sys.stderr)
     _, (x_test, y_test) = load_data()
     x_test, y_test = x_test[:mnist_count], y_test[:mnist_count]
@@ -171,11 +179,10 @@ def run(
                 mask = (w_y == label) & (np.array(w_style) == style)
                 if mask.any():
                     r["per_style"][f"{label}:{style}"] = float(ok[mask].mean())
-        if real is not None:
-            o_x, o_y, o_render = real
+        for key, (o_x, o_y, o_render) in real.items():
             o_read = predictions(rec, o_x)
             o_ok = o_read == o_y
-            r["optdigits"] = {
+            r[key] = {
                 "n": len(o_y), "overall": float(o_ok.mean()),
                 "per_class": {d: float(o_ok[o_y == d].mean()) for d in range(10)},
                 "jpeg": float(o_ok[o_render == "scan_jpeg"].mean()),
@@ -206,14 +213,15 @@ def _print(results: dict, mnist_count: int, robust_count: int) -> None:
     for k in RENDERS:
         if k in ms[0]["per_render"]:
             rows.append((f"  render {k}", *[f"{m['per_render'][k]:.3f}" for m in ms]))
-    if "optdigits" in ms[0]:
-        n = ms[0]["optdigits"]["n"]
-        rows.append((f"real writers: optdigits scans ({n:,})",
-                     *[f"{m['optdigits']['overall']:.4f}" for m in ms]))  # fmt: skip
-        rows.append(("  of them JPEG", *[f"{m['optdigits']['jpeg']:.3f}" for m in ms]))
+    for key, title in OPTDIGITS_SETS.items():
+        if key not in ms[0]:
+            continue
+        rows.append((f"real writers: {title} ({ms[0][key]['n']:,})",
+                     *[f"{m[key]['overall']:.4f}" for m in ms]))  # fmt: skip
+        rows.append(("  of them JPEG", *[f"{m[key]['jpeg']:.3f}" for m in ms]))
         for d in range(10):
-            rows.append((f"  optdigits {d}",
-                         *[f"{m['optdigits']['per_class'][d]:.3f}" for m in ms]))  # fmt: skip
+            rows.append((f"  {title.split()[-1]} {d}",
+                         *[f"{m[key]['per_class'][d]:.3f}" for m in ms]))  # fmt: skip
     rows.append(
         (f"MNIST test ({mnist_count:,}; goal >= 0.995)", *[f"{m['mnist_test']:.4f}" for m in ms])
     )
@@ -254,9 +262,10 @@ def _print(results: dict, mnist_count: int, robust_count: int) -> None:
             "  top confusions (true->read): "
             + ", ".join(f"{k} x{v}" for k, v in m["confusions"].items())
         )
-        if "optdigits" in m:
-            print("  optdigits confusions: "
-                  + ", ".join(f"{k} x{v}" for k, v in m["optdigits"]["confusions"].items()))
+        for key, title in OPTDIGITS_SETS.items():
+            if key in m:
+                print(f"  {title} confusions: "
+                      + ", ".join(f"{k} x{v}" for k, v in m[key]["confusions"].items()))
 
 
 def main() -> None:

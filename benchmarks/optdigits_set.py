@@ -10,7 +10,10 @@ blobs: a check of the real thing beside the programmatic ``writers_set``. Never 
 Each digit becomes a file as a scanned form gives it: the grid enlarged to 24-48 px
 (bicubic, or nearest for a blocky scan), dark ink on light paper with some grain, placed
 off-centre on a larger page, a third saved as JPEG; then read as ``mnistlab predict`` reads
-a file. Needs scikit-learn (``pip install scikit-learn``); without it ``available()`` is
+a file. With ``bitmaps=True`` each grid is first made back into a black-and-white 32x32
+bitmap, as the forms were scanned before UCI counted them into 8x8 (enlarged bicubic to
+32x32, thresholded at 35-50% of full ink): hard-edged strokes with no grey, the harder
+set. Needs scikit-learn (``pip install scikit-learn``); without it ``available()`` is
 False and ``bench_writers.py`` leaves the rows out.
 """
 
@@ -24,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 SET_TAG = 7_351  # this set's own randomness
+BITMAP_TAG = 32  # the bitmap rendering's own stream beside it
 
 
 @dataclass(frozen=True)
@@ -38,15 +42,26 @@ def available() -> bool:
     return importlib.util.find_spec("sklearn") is not None
 
 
-def make_optdigits_set(count: int | None = None, seed: int = 0) -> list[ScannedDigit]:
-    """``count`` digits (default all 1,797) of the optdigits test set as image files."""
+def make_optdigits_set(
+    count: int | None = None, seed: int = 0, *, bitmaps: bool = False
+) -> list[ScannedDigit]:
+    """``count`` digits (default all 1,797) of the optdigits test set as image files, from
+    the 8x8 grids or (``bitmaps``) from 32x32 black-and-white bitmaps rebuilt from them."""
     from sklearn.datasets import load_digits
 
     data = load_digits()
     grids, labels = data.images / 16.0, data.target.astype(int)
-    rng = np.random.default_rng([SET_TAG, seed])
+    rng = np.random.default_rng([SET_TAG, seed, BITMAP_TAG] if bitmaps else [SET_TAG, seed])
     order = rng.permutation(len(labels))[:count]
+    if bitmaps:
+        return [_scan(_bitmap(grids[i], rng), int(labels[i]), rng) for i in order]
     return [_scan(grids[i], int(labels[i]), rng) for i in order]
+
+
+def _bitmap(grid: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An 8x8 grid of ink 0..1 as a 32x32 bitmap of 0.0 and 1.0."""
+    ink = Image.fromarray((grid * 255).astype(np.uint8)).resize((32, 32), Image.Resampling.BICUBIC)
+    return (np.asarray(ink, dtype=np.float32) / 255.0 >= rng.uniform(0.35, 0.5)).astype(np.float64)
 
 
 def _scan(grid: np.ndarray, label: int, rng: np.random.Generator) -> ScannedDigit:

@@ -134,7 +134,7 @@ def test_the_writers_benchmark_runs_on_a_tiny_slice(tmp_path: Path):
     assert (one_view["views"], model["views"]) == (False, True)
     assert one_view["model"] == model["model"] + ", one view"
     if optdigits_set.available():
-        assert model["optdigits"]["n"] == 30
+        assert model["optdigits"]["n"] == model["optdigits_bitmaps"]["n"] == 30
     assert set(model["per_class"]) == {str(d) for d in range(10)}
     assert 0.0 <= model["writers"] <= 1.0 and 0.0 <= model["mnist_test"] <= 1.0
     assert set(model["robustness"]) == {"preprocessed only", "canvas280", "off_center",
