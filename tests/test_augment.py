@@ -110,6 +110,18 @@ def test_a_digit_seen_small_is_blurred_but_stays_normalized_and_readable(digits,
     assert (bundled.probabilities(small).argmax(1) == y).mean() > 0.9
 
 
+def test_a_bitmap_share_of_the_small_digits_is_black_and_white_before_normalizing(digits):
+    x = augment(digits[0][:300], 1)
+    grey = lower_resolution(x, 5, fraction=0.5)
+    mixed = lower_resolution(x, 5, fraction=0.5, binary=0.5)
+    small = np.any(grey != x, axis=(1, 2))
+    bitmapped = np.any(mixed != grey, axis=(1, 2))
+    assert not np.any(bitmapped & ~small)  # only the small ones, the same ones either way
+    assert 0.35 < bitmapped[small].mean() < 0.65
+    assert np.array_equal(mixed[~bitmapped], grey[~bitmapped])
+    assert np.all(edge_strength(mixed[bitmapped]) > edge_strength(grey[bitmapped]))  # crisp
+
+
 def test_a_quarter_turn_turns_a_horizontal_bar_upright():
     bar = np.zeros((1, 28, 28), dtype=np.uint8)
     bar[0, 13:15, 6:22] = 255

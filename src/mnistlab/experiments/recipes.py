@@ -185,7 +185,8 @@ def handwriting(ctx: Context) -> Trained:
     (``augment.add_styles``): the European styles MNIST's writers rarely used; with
     ``lowres`` above 0, that share of each copy is then seen at a low resolution
     (``augment.lower_resolution``; ``lowres=0.25 seed=2`` is the bundled ensemble's second
-    model). The copies are made once, up front, from the seed."""
+    model), and with ``binary`` above 0 that share of those is made black and white first,
+    as a bitmap scan is. The copies are made once, up front, from the seed."""
     from mnistlab.handwriting.augment import add_styles, augment, lower_resolution
 
     c = ctx.config
@@ -197,7 +198,7 @@ def handwriting(ctx: Context) -> Trained:
             augment(add_styles(digits, y, [c["seed"], k, 1], fraction=c["styles"]),
                     [c["seed"], k], rotation=c["rotation"], shear=c["shear"],
                     stroke=(c["thinner"], c["thicker"])),
-            [c["seed"], k, 2], fraction=c["lowres"])
+            [c["seed"], k, 2], fraction=c["lowres"], binary=c["binary"])
         for k in range(c["copies"])
     ]  # fmt: skip
     x_train = scale_to_unit(np.concatenate([digits, *copies]))[:, None]  # (M, 1, 28, 28)
@@ -289,7 +290,7 @@ RECIPES: dict[str, Recipe] = {
             "0.9952 test accuracy after 6 epochs", 0.9952, "test_accuracy",
             {"epochs": 6, "batch_size": 100, "lr": 0.002, "decay": 0.7, "filters": 32,
              "dropout": 0.25, "copies": 3, "rotation": 15.0, "shear": 0.3, "thinner": -1.0,
-             "thicker": 1.5, "styles": 0.5, "lowres": 0.0, "seed": 0},
+             "thicker": 1.5, "styles": 0.5, "lowres": 0.0, "binary": 0.0, "seed": 0},
             handwriting, datasets=("mnist",),
         ),
     ]
@@ -337,6 +338,7 @@ SETTING_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "thicker": ("pixels from -1 to 2, at least thinner", lambda v: -1.0 <= v <= 2.0),
     "styles": ("a fraction from 0 to 1", lambda v: 0.0 <= v <= 1.0),
     "lowres": ("a fraction from 0 to 1", lambda v: 0.0 <= v <= 1.0),
+    "binary": ("a fraction from 0 to 1", lambda v: 0.0 <= v <= 1.0),
     **FAST_CHECKS,
 }
 EXTRA_SETTINGS = ("limit", "test_limit")  # every recipe takes these (default: all images)

@@ -228,13 +228,16 @@ def lower_resolution(
     *,
     fraction: float = 0.25,
     sides: tuple[int, int] = (6, 14),
+    binary: float = 0.0,
 ) -> np.ndarray:
     """A copy of (N, 28, 28) uint8 digits (MNIST-normalized: the ink in a 20 px box) where
     about ``fraction`` of them are seen at a low resolution: the 28 px frame reduced so
     that the ink's box is ``sides`` px (drawn uniformly; 8 is the 8x8 of a 32 px form box
     counted in 4x4 blocks), then enlarged back, bilinear or bicubic at random, and
-    MNIST-normalized again. The rest are returned as they are; the same seed gives the same
-    digits."""
+    MNIST-normalized again. Of those, about ``binary`` are made black and white before the
+    normalizing, at a threshold of 30-60% of its brightest pixel, as a bitmap scan of a form is (UCI's
+    optdigits forms were 32x32 bitmaps). The rest are returned as they are; the same seed
+    gives the same digits, whatever ``binary`` is for the others."""
     from PIL import Image
 
     x = _check_images(images).copy()
@@ -242,6 +245,8 @@ def lower_resolution(
     chosen = rng.random(len(x)) < fraction
     box = rng.uniform(sides[0], sides[1], len(x))  # every image draws: order-independent
     bicubic = rng.random(len(x)) < 0.5
+    bitmap = rng.random(len(x)) < binary  # drawn last: the draws above stay as they were
+    threshold = rng.uniform(0.3, 0.6, len(x))  # of the digit's brightest pixel
     picked = np.flatnonzero(chosen)
     if not picked.size:
         return x
@@ -251,6 +256,8 @@ def lower_resolution(
         low = Image.fromarray(x[i]).resize((small, small), Image.Resampling.BOX)
         filter_ = Image.Resampling.BICUBIC if bicubic[i] else Image.Resampling.BILINEAR
         enlarged[k] = np.asarray(low.resize((FRAME, FRAME), filter_))
+        if bitmap[i]:
+            enlarged[k] = np.where(enlarged[k] >= threshold[i] * enlarged[k].max(), 255, 0)
     x[picked] = mnist_normalize(enlarged)
     return x
 
