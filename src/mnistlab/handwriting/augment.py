@@ -235,9 +235,9 @@ def lower_resolution(
     that the ink's box is ``sides`` px (drawn uniformly; 8 is the 8x8 of a 32 px form box
     counted in 4x4 blocks), then enlarged back, bilinear or bicubic at random, and
     MNIST-normalized again. Of those, about ``binary`` are made black and white before the
-    normalizing, at a threshold of 30-60% of its brightest pixel, as a bitmap scan of a form is (UCI's
-    optdigits forms were 32x32 bitmaps). The rest are returned as they are; the same seed
-    gives the same digits, whatever ``binary`` is for the others."""
+    normalizing, at a threshold of 30-60% of the digit's brightest pixel, as a bitmap scan
+    of a form is (UCI's optdigits forms were 32x32 bitmaps). The rest are returned as they
+    are; the same seed gives the same digits, whatever ``binary`` is for the others."""
     from PIL import Image
 
     x = _check_images(images).copy()
