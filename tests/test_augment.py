@@ -174,7 +174,7 @@ def test_the_bundled_model_ships_small_and_recognizes_mnist(digits, bundled):
     from mnistlab.engines import load_model
 
     paths = bundled_model_paths()
-    assert paths[0] == bundled_model_path() and len(paths) == len(bundled.members) == 2
+    assert paths[0] == bundled_model_path() and len(paths) == len(bundled.members) == 3
     assert all(p.is_file() for p in paths)
     assert sum(p.stat().st_size for p in paths) < 5 * 2**20  # the bound
     assert sum(load_model(p).count_params() for p in paths) == bundled.count_params() < 1_000_000
@@ -188,8 +188,8 @@ def test_an_ensemble_reads_with_the_mean_of_its_members(digits):
 
     x = digits[0][:50]
     members = [Recognizer(load_model(p)) for p in bundled_model_paths()]
-    ensemble = Recognizer([m.model for m in members], name="both")
-    mean = (members[0].probabilities(x) + members[1].probabilities(x)) / 2
+    ensemble = Recognizer([m.model for m in members], name="all")
+    mean = sum(m.probabilities(x) for m in members) / len(members)
     assert np.allclose(ensemble.probabilities(x), mean, atol=1e-12)
     features, probabilities = ensemble.features_and_probabilities(x)
     assert np.array_equal(probabilities, ensemble.probabilities(x))

@@ -76,7 +76,7 @@ def test_model_files_load_as_one_ensemble_and_a_missing_one_is_named(digits, tmp
 
     x, _ = digits
     bundled, loaded = Recognizer.from_path(), Recognizer.from_paths(bundled_model_paths())
-    assert loaded.name == bundled.name and len(loaded.members) == 2
+    assert loaded.name == bundled.name and len(loaded.members) == 3
     assert np.array_equal(loaded.probabilities(x[:5]), bundled.probabilities(x[:5]))
     with pytest.raises(ModelFileError, match=r"nothing\.safetensors: no such model file$"):
         Recognizer.from_paths([*bundled_model_paths(), tmp_path / "nothing.safetensors"])

@@ -22,9 +22,14 @@ from mnistlab.handwriting.preprocess import preprocess_image
 from mnistlab.handwriting.views import reading_views
 
 BUNDLED_MODEL_NAME = "digits.safetensors"
-BUNDLED_MODEL_NAMES = (BUNDLED_MODEL_NAME, "digits-lowres.safetensors")
-"""The bundled ensemble: the same small CNN trained on MNIST and its augmented copies, and
-again with a share of the copies seen at low resolution (README: how, and what each adds)."""
+BUNDLED_MODEL_NAMES = (
+    BUNDLED_MODEL_NAME,
+    "digits-lowres.safetensors",
+    "digits-bitmap.safetensors",
+)
+"""The bundled ensemble: the same small CNN trained on MNIST and its augmented copies; again
+with a share of the copies seen at low resolution; and again with half of those made black
+and white, as a bitmap scan (README: how, and what each adds)."""
 
 
 def bundled_model_path() -> Path:
