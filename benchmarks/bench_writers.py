@@ -155,12 +155,10 @@ def run(
     bundled = " + ".join(p.name for p in bundled_model_paths())
     results: dict = {"count": count, "seed": seed, "models": []}
     for paths, views in models:
-        rec = Recognizer.from_path(views=views) if paths is None else Recognizer.from_paths(
-            paths, views=views
-        )
+        files = paths if paths is not None else bundled_model_paths()
+        rec = Recognizer.from_paths(files, views=views)
         name = " + ".join(map(str, paths)) if paths is not None else f"bundled ({bundled})"
         name += "" if views else ", one view"
-        files = paths if paths is not None else bundled_model_paths()
         preds = predictions(rec, w_x)
         ok = preds == w_y
         r: dict = {
