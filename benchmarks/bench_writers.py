@@ -64,7 +64,10 @@ def writers_inputs(count: int, seed: int):
     return seen, labels, [d.style for d in digits], [d.render for d in digits]
 
 
-OPTDIGITS_SETS = {"optdigits": "optdigits scans", "optdigits_bitmaps": "optdigits as bitmaps"}
+OPTDIGITS_SETS = {  # result key: (title, per-class row label, made from bitmaps)
+    "optdigits": ("optdigits scans", "scans", False),
+    "optdigits_bitmaps": ("optdigits as bitmaps", "bitmaps", True),
+}
 
 
 def optdigits_inputs(count: int, seed: int) -> dict:
@@ -73,8 +76,8 @@ def optdigits_inputs(count: int, seed: int) -> dict:
     if not count or not optdigits_set.available():
         return {}
     out = {}
-    for key in OPTDIGITS_SETS:
-        digits = optdigits_set.make_optdigits_set(count, seed, bitmaps=key != "optdigits")
+    for key, (_, _, bitmaps) in OPTDIGITS_SETS.items():
+        digits = optdigits_set.make_optdigits_set(count, seed, bitmaps=bitmaps)
         seen = read_as_predict([d.data for d in digits], key)
         out[key] = seen, np.array([d.label for d in digits]), np.array([d.render for d in digits])
     return out
@@ -211,14 +214,14 @@ def _print(results: dict, mnist_count: int, robust_count: int) -> None:
     for k in RENDERS:
         if k in ms[0]["per_render"]:
             rows.append((f"  render {k}", *[f"{m['per_render'][k]:.3f}" for m in ms]))
-    for key, title in OPTDIGITS_SETS.items():
+    for key, (title, label, _) in OPTDIGITS_SETS.items():
         if key not in ms[0]:
             continue
         rows.append((f"real writers: {title} ({ms[0][key]['n']:,})",
                      *[f"{m[key]['overall']:.4f}" for m in ms]))  # fmt: skip
         rows.append(("  of them JPEG", *[f"{m[key]['jpeg']:.3f}" for m in ms]))
         for d in range(10):
-            rows.append((f"  {title.split()[-1]} {d}",
+            rows.append((f"  {label} {d}",
                          *[f"{m[key]['per_class'][d]:.3f}" for m in ms]))  # fmt: skip
     rows.append(
         (f"MNIST test ({mnist_count:,}; goal >= 0.995)", *[f"{m['mnist_test']:.4f}" for m in ms])
@@ -260,7 +263,7 @@ def _print(results: dict, mnist_count: int, robust_count: int) -> None:
             "  top confusions (true->read): "
             + ", ".join(f"{k} x{v}" for k, v in m["confusions"].items())
         )
-        for key, title in OPTDIGITS_SETS.items():
+        for key, (title, _, _) in OPTDIGITS_SETS.items():
             if key in m:
                 print(f"  {title} confusions: "
                       + ", ".join(f"{k} x{v}" for k, v in m[key]["confusions"].items()))

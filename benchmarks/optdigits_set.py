@@ -53,9 +53,9 @@ def make_optdigits_set(
     grids, labels = data.images / 16.0, data.target.astype(int)
     rng = np.random.default_rng([SET_TAG, seed, BITMAP_TAG] if bitmaps else [SET_TAG, seed])
     order = rng.permutation(len(labels))[:count]
-    if bitmaps:
-        return [_scan(_bitmap(grids[i], rng), int(labels[i]), rng) for i in order]
-    return [_scan(grids[i], int(labels[i]), rng) for i in order]
+    return [
+        _scan(_bitmap(grids[i], rng) if bitmaps else grids[i], int(labels[i]), rng) for i in order
+    ]
 
 
 def _bitmap(grid: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -136,15 +136,19 @@ class Recognizer:
         n = len(images)
         if n == 0:
             return np.zeros((0, *self.model.output_shape))
-        x = self.model_input(self._viewed(images))
-        total = sum(np.asarray(m.predict(x), dtype=np.float64) for m in self.members)
-        # x holds the views one after another: (views * n, 10) -> (views, n, 10)
-        return total.reshape(-1, n, total.shape[-1]).mean(axis=0) / len(self.members)
+        return self._mean(self.model_input(self._viewed(images)), n)
 
     def _viewed(self, images: np.ndarray) -> np.ndarray:
         """The batch the models read: every view of ``images``, view 0 first, or the
         images themselves when views are off."""
         return reading_views(images) if self.views else images
+
+    def _mean(self, x: np.ndarray, n: int) -> np.ndarray:
+        """The members' probabilities on the model input ``x`` (the views of ``n`` digits,
+        one after another), averaged over members and views: (n, 10) float64."""
+        total = sum(np.asarray(m.predict(x), dtype=np.float64) for m in self.members)
+        # (views * n, 10) -> (views, n, 10)
+        return total.reshape(-1, n, total.shape[-1]).mean(axis=0) / len(self.members)
 
     def features_and_probabilities(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(features (N, F) float32, probabilities (N, 10)): the features are what the first
@@ -158,10 +162,11 @@ class Recognizer:
                 f"{self.name}: profiles need a NumPy-engine model that ends in Dense layers"
             )
         n = len(images)
-        h = self.model.prepare_input(self.model_input(self._viewed(images)[:n]))  # view 0
+        x = self.model_input(self._viewed(images))  # the views made once, for both
+        h = self.model.prepare_input(x[:n])  # view 0
         for layer in layers[: heads[-1]]:
             h = layer.forward(h, False)
-        return h.reshape(n, -1).astype(np.float32), self.probabilities(images)
+        return h.reshape(n, -1).astype(np.float32), self._mean(x, n)
 
     def recognize_pixels(self, pixels: np.ndarray) -> Prediction:
         """A 28x28 uint8 image already in MNIST form (white on black, centered)."""
